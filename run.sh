@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one entry point: ./run.sh test
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PY=$VENV/bin/python
+
+setup_env() {
+    if [ ! -x "$PY" ]; then
+        python3 -m venv "$VENV"
+        "$PY" -m pip install -q --upgrade pip
+    fi
+    # Reinstall only when setup.py changed since the last install.
+    if [ ! -f "$VENV/.installed" ] || [ setup.py -nt "$VENV/.installed" ]; then
+        # torch is pinned: a bare requirement would pull a multi-GB CUDA build.
+        "$PY" -m pip install -q torch==2.13.0
+        "$PY" -m pip install -q -e '.[test]'
+        touch "$VENV/.installed"
+    fi
+}
+
+case "${1:-}" in
+    test)
+        shift
+        setup_env
+        exec "$PY" -m pytest tests "$@"
+        ;;
+    *)
+        echo "usage: ./run.sh test [pytest args]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,23 @@
+"""Installs the four packages of the project: model, data, train, kernels."""
+from setuptools import setup
+
+setup(
+    name="relevance-lm",
+    version="0.1.0",
+    description="Fine-tune Gemma and Qwen decoders into query relevance classifiers, in plain PyTorch.",
+    packages=["model", "data", "train", "kernels"],
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.5",
+        "safetensors",
+        "tokenizers",
+        "huggingface_hub",
+        "numpy",
+        "scikit-learn",
+        "pyyaml",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "transformers>=5.0", "peft>=0.17"],
+        "plot": ["matplotlib"],
+    },
+)
