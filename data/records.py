@@ -1,0 +1,167 @@
+"""Competition files -> validated, cleaned records.
+
+Reads JSON lines (`train_QC.txt`, `dev_QI.txt`, ...) or CSV (`.csv`) with the columns
+`id, task, language, origin_query, category_path | item_title[, label][, translated_query]`.
+Every error names the file, the 1-based line and the field.
+"""
+import csv
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TARGET_FIELD = {"QC": "category_path", "QI": "item_title"}
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    task: str  # "QC" or "QI"
+    language: str
+    query: str
+    target: str  # category path (QC) or item title (QI)
+    label: int | None  # None when the file has no label (dev/test)
+    translation: str | None  # English translation of the query, None when absent
+
+
+class DataError(ValueError):
+    """A bad input file: the message names the file, the line and the field."""
+
+    def __init__(self, path, line, field, problem):
+        where = f"{path}, line {line}" + (f", field '{field}'" if field else "")
+        super().__init__(f"{where}: {problem}")
+
+
+def category_levels(path: str) -> list[str]:
+    """Split a category path into levels; a comma followed by a space is part of a level name."""
+    return re.split(r",(?! )", path)
+
+
+def clean(text: str, lowercase: bool) -> str:
+    """Collapse runs of whitespace (any Unicode space) to one space, strip, optionally lowercase."""
+    text = " ".join(text.split())
+    return text.lower() if lowercase else text
+
+
+def read_rows(path) -> list[tuple[int, dict]]:
+    """(line number, row) pairs of a JSON-lines or CSV file; rows are dicts of raw values."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(path, raw[: e.start].count(b"\n") + 1, None, f"invalid UTF-8 ({e.reason})") from None
+    rows = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        line = reader.line_num + 1
+        for row in reader:
+            if None in row or None in row.values():
+                raise DataError(path, line, None, f"wrong number of values, the header has {len(reader.fieldnames)}")
+            rows.append((line, row))
+            line = reader.line_num + 1
+    else:
+        for line, content in enumerate(text.splitlines(), 1):
+            if not content.strip():
+                continue
+            try:
+                row = json.loads(content)
+            except json.JSONDecodeError as e:
+                raise DataError(path, line, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
+            rows.append((line, row))
+    if not rows:
+        raise DataError(path, 1, None, "empty file: no rows")
+    return rows
+
+
+def _field(path, line, row, name, optional=False):
+    """A text field of a row: missing column -> error (unless optional, then None); null -> ''."""
+    if name not in row:
+        if optional:
+            return None
+        raise DataError(path, line, name, "missing column")
+    value = row[name]
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(path, line, name, f"expected text, got {value!r}")
+    return str(value)
+
+
+def _label(path, line, row, training):
+    if "label" not in row:
+        if training:
+            raise DataError(path, line, "label", "missing column (labels are required when training)")
+        return None
+    value = row["label"]
+    if value is None or value == "":
+        if training:
+            raise DataError(path, line, "label", "missing label (labels are required when training)")
+        return None
+    if isinstance(value, bool) or value not in (0, 1, "0", "1"):
+        raise DataError(path, line, "label", f"label must be 0 or 1, got {value!r}")
+    return int(value)
+
+
+def read_translations(path) -> dict[str, str]:
+    """id -> English translation, from a JSON-lines or CSV file with columns `id, translated_query`."""
+    translations, lines = {}, {}
+    for line, row in read_rows(path):
+        id_ = _field(path, line, row, "id")
+        if id_ in lines:
+            raise DataError(path, line, "id", f"duplicated id {id_!r} (first on line {lines[id_]})")
+        lines[id_] = line
+        translations[id_] = _field(path, line, row, "translated_query")
+    return translations
+
+
+def read_records(path, task=None, translations=None, lowercase=True, training=True) -> list[Record]:
+    """Read and clean one competition file.
+
+    task: "QC" or "QI" to require that every row is of this task (None accepts both).
+    translations: a file keyed by id (see read_translations) that overrides a `translated_query` column.
+    training: drop rows whose query or target is empty after cleaning; with training=False no row is dropped
+    and labels may be absent. Missing translations and dropped rows are logged with their counts.
+    """
+    if task is not None and task not in TARGET_FIELD:
+        raise ValueError(f"task must be one of {sorted(TARGET_FIELD)}, got {task!r}")
+    by_id = read_translations(translations) if translations is not None else None
+    rows = read_rows(path)
+    expect_translation = by_id is not None or any("translated_query" in row for _, row in rows)
+    records, lines, dropped, missing = [], {}, 0, 0
+    for line, row in rows:
+        id_ = _field(path, line, row, "id")
+        if not id_.strip():
+            raise DataError(path, line, "id", "empty id")
+        if id_ in lines:
+            raise DataError(path, line, "id", f"duplicated id {id_!r} (first on line {lines[id_]})")
+        lines[id_] = line
+        row_task = _field(path, line, row, "task")
+        if row_task not in TARGET_FIELD or (task is not None and row_task != task):
+            expected = task or " or ".join(TARGET_FIELD)
+            raise DataError(path, line, "task", f"task {row_task!r}, expected {expected}")
+        language = _field(path, line, row, "language").strip().lower()
+        if not language:
+            raise DataError(path, line, "language", "empty language")
+        query = clean(_field(path, line, row, "origin_query"), lowercase)
+        target = clean(_field(path, line, row, TARGET_FIELD[row_task]), lowercase)
+        label = _label(path, line, row, training)
+        translation = by_id.get(id_) if by_id is not None else _field(path, line, row, "translated_query", optional=True)
+        if translation is not None:
+            translation = clean(translation, lowercase) or None
+        missing += expect_translation and translation is None
+        if training and not (query and target):
+            dropped += 1
+            continue
+        records.append(Record(id_, row_task, language, query, target, label, translation))
+    if missing:
+        log.warning("%s: %d of %d rows have no translation", path, missing, len(lines))
+    if dropped:
+        log.warning("%s: dropped %d of %d rows with an empty query or target", path, dropped, len(lines))
+    return records
