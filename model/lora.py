@@ -1,0 +1,110 @@
+"""LoRA: a frozen nn.Linear plus a trainable low-rank update (alpha / r) * B @ A, injected by module name."""
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + scaling * dropout(x) @ A.T @ B.T, with base frozen; A is (r, in), B is (out, r)."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.alpha, self.scaling = alpha, alpha / r
+        like = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))
+        self.lora_B = nn.Parameter(torch.empty(base.out_features, r, **like))
+        self.dropout = nn.Dropout(dropout)
+        self.merged = False
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """PEFT's init: A Kaiming-uniform (a=sqrt(5)), B zero, so the wrapped layer starts equal to base."""
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        return out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        """scaling * B @ A, computed in float32 and returned in the base weight's dtype."""
+        return (self.lora_B.float() @ self.lora_A.float() * self.scaling).to(self.base.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self):
+        """Fold the update into base.weight; forward then skips the LoRA branch."""
+        if not self.merged:
+            self.base.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        """Subtract the update from base.weight again (exact up to rounding)."""
+        if self.merged:
+            self.base.weight -= self.delta_weight()
+            self.merged = False
+
+
+def add_lora(module: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 0.0,
+             targets=DEFAULT_TARGETS, modules_to_save=("score",)) -> int:
+    """Wrap every nn.Linear whose last name component is in `targets` in a LoRALinear, in place.
+
+    Freezes all other parameters except those of child modules named in `modules_to_save` (PEFT's
+    name for fully trained modules, e.g. the classifier head). Returns the number of trainable parameters.
+    """
+    module.requires_grad_(False)
+    found = set()
+    for name, child in list(module.named_modules()):
+        last = name.rpartition(".")[2]
+        if last in targets and isinstance(child, nn.Linear):
+            parent = module.get_submodule(name.rpartition(".")[0])
+            setattr(parent, last, LoRALinear(child, r, alpha, dropout))
+            found.add(last)
+        elif last in modules_to_save:
+            child.requires_grad_(True)
+    if missing := set(targets) - found:
+        raise ValueError(f"add_lora: no nn.Linear named {sorted(missing)} in {type(module).__name__}")
+    log.info("LoRA r=%d alpha=%g on %s: %s", r, alpha, ",".join(targets), parameter_summary(module))
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def parameter_summary(module: nn.Module) -> str:
+    """'trainable 1,234 / total 56,789 (2.17%)'."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return f"trainable {trainable:,} / total {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def lora_layers(module: nn.Module) -> dict[str, LoRALinear]:
+    """Name -> LoRALinear for every LoRA layer in `module`."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, LoRALinear)}
+
+
+def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """module.state_dict() with every LoRALinear folded back into plain Linear names (`x.weight`, `x.bias`).
+
+    Does not modify the module: merged weights are new tensors, everything else is shared.
+    """
+    layers = lora_layers(module)
+    out = {}
+    for key, tensor in module.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in layers:
+            continue
+        if owner.endswith(".base") and owner[:-5] in layers:
+            layer = layers[owner[:-5]]
+            if leaf == "weight" and not layer.merged:
+                tensor = tensor + layer.delta_weight()
+            key = f"{owner[:-5]}.{leaf}"
+        out[key] = tensor
+    return out
