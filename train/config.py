@@ -1,0 +1,163 @@
+"""The typed run config: YAML sections -> dataclasses, `key.sub=value` overrides, unknown keys rejected."""
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the key."""
+
+
+@dataclass
+class ModelSection:
+    path: str = ""  # Hugging Face directory or hub id
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # storage of the frozen base weights
+    num_labels: int = 2
+
+
+@dataclass
+class LoraSection:
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class DataSection:
+    train: str = ""  # competition file (JSON lines or CSV)
+    valid: str = ""  # empty: validate on fold `fold` of `train`
+    task: str = ""  # "QC" or "QI"; empty keeps every task of the file
+    translations: str = ""  # file of id -> English query; empty: none
+    fold: int = 0  # fold held out for validation when `valid` is empty; -1 trains on all rows
+    n_folds: int = 5
+    max_length: int = 256
+    packing: bool = False
+    lowercase: bool = True
+
+
+@dataclass
+class TrainSection:
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_ratio: float = 0.01  # fraction of all optimizer steps spent warming up linearly from 0
+    epochs: int = 2
+    max_steps: int = 0  # > 0: stop after this many optimizer steps
+    batch_size: int = 8  # examples per rank per micro-step (rows when packing)
+    grad_accum: int = 1  # micro-steps per optimizer step
+    eval_batch_size: int = 32
+    clip: float = 1.0  # max gradient norm; 0 disables clipping
+    eval_every: int = 0  # optimizer steps between evaluations (0: only at the end of each epoch)
+    save_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
+    keep_last: int = 2
+    seed: int = 0
+    bf16: bool = True  # bf16 autocast (and bf16 FSDP compute)
+    activation_checkpointing: bool = False
+    class_weights: list[float] = field(default_factory=list)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = ""
+    resume: bool = True  # continue from the newest complete checkpoint in run_dir
+    init_from: str = ""  # adapters + head to start from (another run's best/ directory)
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+def _coerce(value, kind, key: str):
+    """`value` as type `kind`; strings from the command line are parsed."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if value is None:
+        return "" if kind is str else value
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and value != out:
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return out
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _all_keys(cls, prefix="") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in fields(cls):
+        kind = hints[f.name]
+        keys += [prefix + f.name] + (_all_keys(kind, f"{prefix}{f.name}.") if is_dataclass(kind) else [])
+    return keys
+
+
+def _build(cls, raw: dict, prefix=""):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise _unknown(prefix + str(key), _all_keys(RunConfig))
+        kind = hints[key]
+        values[key] = _build(kind, value or {}, f"{prefix}{key}.") if is_dataclass(kind) else \
+            _coerce(value, kind, prefix + key)
+    return cls(**values)
+
+
+def _set(raw: dict, dotted: str, value: str):
+    *parents, last = dotted.split(".")
+    for name in parents:
+        raw = raw.setdefault(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"override {dotted}: '{name}' is not a section")
+    raw[last] = value
+
+
+def load_config(path, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config and apply `key.sub=value` overrides; unknown keys fail with a suggestion."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        _set(raw, key.strip(), value)
+    return _build(RunConfig, raw)
+
+
+def save_config(cfg: RunConfig, path) -> None:
+    """Write the resolved config as YAML (readable back with load_config)."""
+    Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
