@@ -1,0 +1,34 @@
+"""Validation metrics: positive-class F1, precision, recall, AUC, per-language F1, threshold tuning."""
+import math
+
+import pytest
+
+from train.metrics import best_threshold, classification_metrics
+
+
+def test_hand_counted_metrics():
+    probs = [0.9, 0.8, 0.3, 0.6, 0.1, 0.7]
+    labels = [1, 1, 1, 0, 0, 0]
+    langs = ["en", "en", "fr", "fr", "en", "fr"]
+    m = classification_metrics(probs, labels, langs)
+    # predicted positive: 0.9, 0.8, 0.6, 0.7 -> TP 2, FP 2, FN 1
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    # en: TP 2, FP 0, FN 0 -> 1.0; fr: TP 0 -> 0.0
+    assert m["f1_en"] == 1.0 and m["f1_fr"] == 0.0
+    assert m["auc"] == pytest.approx(7 / 9)  # 7 of 9 positive/negative pairs are ordered right
+    assert m["all_positive_f1"] == pytest.approx(2 * 0.5 / 1.5)
+
+
+def test_auc_is_nan_with_one_class():
+    m = classification_metrics([0.2, 0.9], [1, 1], ["en", "en"])
+    assert math.isnan(m["auc"]) and m["f1"] == pytest.approx(2 / 3)
+
+
+def test_tuned_threshold_beats_the_default_when_scores_are_shifted():
+    probs = [0.05, 0.1, 0.15, 0.2, 0.3, 0.35, 0.4]
+    labels = [0, 0, 0, 1, 1, 1, 1]
+    t = best_threshold(probs, labels)
+    assert 0.15 < t <= 0.2
+    assert classification_metrics(probs, labels, ["en"] * 7, t)["f1"] == 1.0
+    assert classification_metrics(probs, labels, ["en"] * 7)["f1"] == 0.0
