@@ -12,15 +12,19 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 
 class LoRALinear(nn.Module):
-    """y = base(x) + scaling * dropout(x) @ A.T @ B.T, with base frozen; A is (r, in), B is (out, r)."""
+    """y = base(x) + scaling * dropout(x) @ A.T @ B.T, with base frozen; A is (r, in), B is (out, r).
+
+    A and B are float32 whatever the base dtype (they are the trained weights: small optimiser updates would
+    round away in bf16), plain nn.Parameters on the base weight's device, meta included.
+    """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         self.base = base.requires_grad_(False)
         self.alpha, self.scaling = alpha, alpha / r
-        like = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))
-        self.lora_B = nn.Parameter(torch.empty(base.out_features, r, **like))
+        device = base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.empty(base.out_features, r, device=device, dtype=torch.float32))
         self.dropout = nn.Dropout(dropout)
         self.merged = False
         self.reset_parameters()
@@ -34,11 +38,12 @@ class LoRALinear(nn.Module):
         out = self.base(x)
         if self.merged:
             return out
-        return out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        lora = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A), self.lora_B)
+        return out + (lora * self.scaling).to(out.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B @ A, computed in float32 and returned in the base weight's dtype."""
-        return (self.lora_B.float() @ self.lora_A.float() * self.scaling).to(self.base.weight.dtype)
+        return (self.lora_B @ self.lora_A * self.scaling).to(self.base.weight.dtype)
 
     @torch.no_grad()
     def merge(self):

@@ -131,3 +131,17 @@ def test_lora_on_meta_device_is_plain_parameters_and_materializes():
     block.to_empty(device="cpu")
     layer.reset_parameters()
     assert torch.equal(layer.lora_B, torch.zeros(32, 4)) and layer.lora_A.abs().max() <= 0.25
+
+
+def test_bf16_base_keeps_float32_adapters():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 8).to(torch.bfloat16), r=2, alpha=4)
+    nn.init.normal_(layer.lora_B)
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float32
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    want = layer.base(x).float() + 2.0 * (x.float() @ layer.lora_A.T @ layer.lora_B.T)
+    torch.testing.assert_close(y.float(), want, atol=0.05, rtol=0.02)
+    y.float().sum().backward()
+    assert layer.lora_A.grad.dtype == torch.float32 and layer.base.weight.grad is None
