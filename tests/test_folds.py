@@ -1,0 +1,86 @@
+"""Grouped, stratified folds: guarantees on random data, balance on realistic data, the CLI."""
+import json
+import random
+from collections import Counter, defaultdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from data.folds import assign_folds, fold_stats, group_key, main
+from data.records import Record, read_records
+
+record = st.builds(
+    lambda i, task, lang, label, q, path: Record(str(i), task, lang, q, path, label, None),
+    st.integers(),
+    st.sampled_from(["QC", "QI"]),
+    st.sampled_from(["en", "ja", "ko"]),
+    st.sampled_from([0, 1, None]),
+    st.sampled_from(["Red Shoes", "red  shoes", "ｒｅｄ shoes", "bag"]),
+    st.sampled_from(["a,b,c", "a,b,d", "a,x", "food,flour, baking,x", "food,flour, baking,y", "z"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(record, min_size=1, max_size=60), st.integers(2, 4), st.integers(1, 3), st.integers(0, 3))
+def test_guarantees_on_random_records(records, n_folds, levels, seed):
+    n_groups = len({group_key(r, levels) for r in records})
+    try:
+        folds = assign_folds(records, n_folds, levels, seed)
+    except ValueError:
+        assert n_groups < n_folds
+        return
+    assert len(folds) == len(records) and set(folds) == set(range(n_folds))  # every row in one fold, none empty
+    fold_of_group = defaultdict(set)
+    for r, f in zip(records, folds):
+        fold_of_group[group_key(r, levels)].add(f)
+    assert all(len(fs) == 1 for fs in fold_of_group.values())
+    assert folds == assign_folds(records, n_folds, levels, seed)
+
+
+def test_group_keys():
+    qi = [Record(str(i), "QI", "en", q, "t", 1, None) for i, q in enumerate(["Red  Shoes", "red shoes", "ｒｅｄ shoes"])]
+    assert len({group_key(r, 2) for r in qi}) == 1
+    qc = Record("1", "QC", "en", "q", "food,flour, baking and cooking,flour", 1, None)
+    assert group_key(qc, 2) == "QC:food,flour, baking and cooking"
+    assert group_key(qc, 1) != group_key(Record("2", "QC", "en", "q", "food,grocery", 1, None), 2)
+
+
+def synthetic(n_groups=300, seed=0):
+    rng = random.Random(seed)
+    return [
+        Record(f"{g}-{i}", "QC", rng.choice("abcdef"), "q", f"top{g % 7},cat{g},leaf", int(rng.random() < 0.7), None)
+        for g in range(n_groups)
+        for i in range(rng.randint(1, 40))
+    ]
+
+
+def test_balance_and_proportions():
+    records = synthetic()
+    folds = assign_folds(records, 5, seed=1)
+    _, worst = fold_stats(records, folds)
+    assert worst["size %"] < 1 and worst["label pp"] < 1 and worst["language pp"] < 1
+    assert folds != assign_folds(records, 5, seed=2)
+
+
+def test_group_larger_than_a_fold(caplog):
+    records = synthetic(100) + [Record(f"big{i}", "QC", "en", "q", "huge,cat,x", 1, None) for i in range(5000)]
+    folds = assign_folds(records, 4)
+    assert "group 'QC:huge,cat' has 5000 rows, more than a fold" in caplog.text
+    big_fold = folds[-1]
+    sizes = Counter(folds)
+    assert sizes[big_fold] == 5000  # the big group alone; the others share the rest evenly
+    rest = [n for f, n in sizes.items() if f != big_fold]
+    assert len(rest) == 3 and max(rest) - min(rest) <= 40
+
+
+def test_cli_on_real_sample(shared, tmp_path, capsys):
+    out = tmp_path / "qc.folds.json"
+    main([str(shared / "data" / "qc_sample.jsonl"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    records = read_records(shared / "data" / "qc_sample.jsonl")
+    folds = [saved["assignment"][r.id] for r in records]
+    assert saved["folds"] == 5 and folds == assign_folds(records, 5, 2, 0)
+    table, worst = fold_stats(records, folds)
+    assert table in printed
+    assert worst["size %"] < 1 and worst["label pp"] < 1 and worst["language pp"] < 1
