@@ -1,0 +1,4 @@
+"""Compute kernels used by the model; imports nothing else of the project."""
+from kernels.attention import attention
+
+__all__ = ["attention"]

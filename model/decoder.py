@@ -1,0 +1,170 @@
+"""The decoder: RMSNorm, rotary embedding, attention, gated MLP, block, and the stack, for every family.
+
+Module names mirror Hugging Face's (`embed_tokens`, `layers.N.self_attn.q_proj`, ...), so a checkpoint's tensors
+map onto `Decoder.state_dict()` by dropping the leading "model.".
+
+Rows are described by `attention_mask` (B, T) of ints: 0 is padding and k > 0 marks the k-th example of the row.
+An ordinary padded batch has 1 on every real token; a packed row (several examples back to back) reads
+1,1,1,2,2,3,3,0,0. A token attends causally to the tokens of its own example only, so packing needs nothing else.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import attention
+from model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, offset: float):
+        super().__init__()
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:  # Gemma: scale by (1 + w) in float32, then cast
+            return (h * (self.offset + self.weight.float())).type_as(x)
+        return self.weight * h.type_as(x)  # Qwen: cast, then scale
+
+
+def rotary(position_ids, head_dim: int, theta: float, scale: float):
+    """cos and sin of shape (B, 1, T, head_dim), computed in float32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    freqs = position_ids[..., None].float() * (inv_freq / scale)
+    angles = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def positions_from_mask(mask):
+    """Position of every token within its own example (0 on padding)."""
+    index = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    starts = torch.ones_like(mask, dtype=torch.bool)
+    starts[:, 1:] = mask[:, 1:] != mask[:, :-1]
+    first = torch.where(starts, index, 0).cummax(dim=1).values
+    return (index - first) * (mask > 0)
+
+
+def attention_masks(mask, sliding_window: int | None):
+    """Boolean (B, 1, T, T) masks for full and sliding-window layers: causal, within one example.
+
+    Padding queries attend to themselves only, so no row is empty (their outputs are never used).
+    """
+    index = torch.arange(mask.shape[1], device=mask.device)
+    distance = index[:, None] - index[None, :]
+    same_example = (mask[:, :, None] == mask[:, None, :]) & (mask[:, None, :] > 0)
+    full = (same_example & (distance >= 0)) | (distance == 0)
+    masks = {"full_attention": full[:, None]}
+    if sliding_window:
+        masks["sliding_attention"] = masks["full_attention"] & (distance < sliding_window)
+    return masks
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
+        self.softcap = cfg.attn_softcap
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
+
+    def forward(self, x, rope, mask):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q.transpose(1, 2), *rope), apply_rotary(k.transpose(1, 2), *rope)
+        out = attention(q, k, v, mask, self.scale, self.softcap)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = F.silu if cfg.hidden_act == "silu" else lambda x: F.gelu(x, approximate="tanh")
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm block. Without sandwich norms, HF calls the pre-MLP norm `post_attention_layernorm`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)  # noqa: E731
+        self.self_attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.input_layernorm, self.post_attention_layernorm = norm(), norm()
+        self.sandwich = cfg.sandwich_norm
+        if cfg.sandwich_norm:
+            self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
+
+    def forward(self, x, rope, mask):
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, mask))
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        """Final hidden states (B, T, hidden_size) after the last norm."""
+        cfg = self.config
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if position_ids is None:
+            position_ids = positions_from_mask(mask)
+        x = self.embed_tokens(input_ids)
+        if cfg.embed_scale:  # the scale is rounded to the activation dtype, as in the reference
+            x = x * torch.tensor(math.sqrt(cfg.hidden_size), dtype=x.dtype)
+        masks = attention_masks(mask, cfg.sliding_window)
+        global_rope = rotary(position_ids, cfg.head_dim, cfg.rope_theta, cfg.rope_scale)
+        ropes = {"full_attention": global_rope, "sliding_attention": global_rope}
+        if cfg.rope_local_theta:
+            ropes["sliding_attention"] = rotary(position_ids, cfg.head_dim, cfg.rope_local_theta, 1.0)
+        for layer, kind in zip(self.layers, cfg.layer_types):
+            x = layer(x, ropes[kind], masks[kind])
+        return self.norm(x)
+
+    def lm_logits(self, hidden):
+        """Language-model logits from hidden states (with Gemma2's final soft-capping)."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        logits = hidden @ weight.T
+        if self.config.final_softcap:
+            logits = torch.tanh(logits / self.config.final_softcap) * self.config.final_softcap
+        return logits
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameter count; without embeddings excludes the token embeddings and an untied LM head."""
+        total = sum(p.numel() for p in self.parameters())
+        if embeddings:
+            return total
+        return total - self.embed_tokens.weight.numel() - (self.lm_head.weight.numel() if self.lm_head else 0)

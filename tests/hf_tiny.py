@@ -1,0 +1,44 @@
+"""Tiny random Hugging Face checkpoints of every family, built offline with transformers (a test-only reference)."""
+import torch
+import transformers as tf
+
+# Small shapes that still exercise each family: GQA ratio 2 (Gemma: 4), head_dim independent of hidden / heads,
+# sliding windows shorter than the test sequences, linear RoPE scaling on Gemma3's global layers.
+COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_attention_heads=4, num_key_value_heads=2,
+              head_dim=16, max_position_embeddings=128, pad_token_id=0)
+CONFIGS = {
+    "qwen2": lambda: tf.Qwen2Config(**COMMON, num_hidden_layers=2, tie_word_embeddings=False, rope_theta=10000.0),
+    "qwen3": lambda: tf.Qwen3Config(**COMMON, num_hidden_layers=2, tie_word_embeddings=True),
+    "gemma": lambda: tf.GemmaConfig(**{**COMMON, "num_key_value_heads": 1}, num_hidden_layers=2),
+    "gemma2": lambda: tf.Gemma2Config(**COMMON, num_hidden_layers=3, sliding_window=4, query_pre_attn_scalar=20,
+                                      attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+    "gemma3_text": lambda: tf.Gemma3TextConfig(
+        **COMMON, num_hidden_layers=3, sliding_window=4, query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+}
+FAMILIES = list(CONFIGS)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random weights of a scale that makes every norm weight, bias and scale matter (HF init leaves norms at 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def tiny_model(family: str, seed: int = 0):
+    """A random transformers *ForCausalLM of `family`, float32, eval mode."""
+    config = CONFIGS[family]()
+    model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    randomize(model, seed)
+    return model
+
+
+def save_tiny(family: str, path, seed: int = 0, **save_kwargs):
+    """Save a tiny random checkpoint to `path`; returns the transformers model."""
+    model = tiny_model(family, seed)
+    model.save_pretrained(path, **save_kwargs)
+    return model
