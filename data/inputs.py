@@ -1,0 +1,81 @@
+"""Records -> token ids: one template per model family, translation augmentation, truncation.
+
+Segment 1 is the query, or `query + " - " + translation` with translation augmentation; segment 2 is the
+category path (QC) or item title (QI). The templates, for base (not chat) checkpoints:
+
+    qwen:   {segment 1}\\n{segment 2}<|endoftext|>       Qwen has no BOS; pad is <|endoftext|> too
+    gemma:  <bos>{segment 1}\\n{segment 2}<eos>           pad is <pad>
+
+Every row ends in the family's closing token, the one the classifier pools. Rows longer than max_length
+lose the end of segment 2 first, then the end of segment 1; the special tokens and separator always stay.
+"""
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+FAMILIES = {"qwen2": "qwen", "qwen3": "qwen", "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma"}
+
+
+@dataclass(frozen=True)
+class Template:
+    bos: str | None
+    separator: str
+    close: str
+    pad: str
+
+
+TEMPLATES = {
+    "qwen": Template(bos=None, separator="\n", close="<|endoftext|>", pad="<|endoftext|>"),
+    "gemma": Template(bos="<bos>", separator="\n", close="<eos>", pad="<pad>"),
+}
+
+
+def model_family(model_type: str) -> str:
+    """"qwen" or "gemma" for a Hugging Face config's model_type."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"unsupported model_type {model_type!r}, expected one of {sorted(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def template(family: str) -> Template:
+    if family not in TEMPLATES:
+        raise ValueError(f"unknown family {family!r}, expected one of {sorted(TEMPLATES)}")
+    return TEMPLATES[family]
+
+
+def token_id(tokenizer: Tokenizer, token: str) -> int:
+    id_ = tokenizer.token_to_id(token)
+    if id_ is None:
+        raise ValueError(f"the tokenizer has no {token!r} token: is it the model's own tokenizer.json?")
+    return id_
+
+
+def pad_token_id(tokenizer: Tokenizer, family: str) -> int:
+    return token_id(tokenizer, template(family).pad)
+
+
+def close_token_id(tokenizer: Tokenizer, family: str) -> int:
+    """The token that ends every row: the classifier pools its hidden state."""
+    return token_id(tokenizer, template(family).close)
+
+
+def first_segment(record, translate: bool) -> str:
+    return f"{record.query} - {record.translation}" if translate and record.translation else record.query
+
+
+def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translate: bool) -> list[list[int]]:
+    """Token ids per record, at most max_length each, each ending in close_token_id(tokenizer, family)."""
+    tpl = template(family)
+    prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
+    separator = tokenizer.encode(tpl.separator, add_special_tokens=False).ids
+    close = close_token_id(tokenizer, family)
+    budget = max_length - len(prefix) - len(separator) - 1
+    if budget < 1:
+        raise ValueError(f"max_length={max_length} leaves no room for text in the {family} template")
+    queries = tokenizer.encode_batch([first_segment(r, translate) for r in records], add_special_tokens=False)
+    targets = tokenizer.encode_batch([r.target for r in records], add_special_tokens=False)
+    rows = []
+    for q, t in zip(queries, targets):
+        q, t = q.ids[:budget], t.ids[: max(budget - len(q.ids), 0)]
+        rows.append(prefix + q + separator + t + [close])
+    return rows

@@ -1,0 +1,75 @@
+"""Templates, translation augmentation and truncation with the real Qwen3 and Gemma-3 tokenizers."""
+import functools
+import json
+
+import pytest
+from tokenizers import Tokenizer
+
+from data.inputs import close_token_id, encode, model_family, pad_token_id
+from data.records import Record
+
+NAMES = {"qwen": "qwen3", "gemma": "gemma3"}
+QUERIES = [  # (language, query, English translation, target)
+    ("ja", "ドラクエ バッグ", "dragon quest bag", "luggage & bags,women's handbags,waist packs"),
+    ("ko", "싱글렛", "singlet", "novelty & special use,cosplay accessories,cosplay costumes（deactivate）"),
+    ("ar", "حذاء رياضي رجالي", "men's sneakers", "shoes,men's shoes,sneakers"),
+    ("th", "กระเป๋าสะพายข้าง", "crossbody bag", "luggage & bags,women's handbags,shoulder bags"),
+]
+RECORDS = [Record(str(i), "QC", lang, q, t, 1, tr) for i, (lang, q, tr, t) in enumerate(QUERIES)]
+
+
+@functools.cache
+def load(folder):
+    """The tokenizer and its config, loaded once per test session (Gemma's takes seconds)."""
+    return Tokenizer.from_file(str(folder / "tokenizer.json")), json.loads((folder / "tokenizer_config.json").read_text())
+
+
+@pytest.fixture(params=["qwen", "gemma"])
+def family_tokenizer(request, shared):
+    return request.param, *load(shared / "tokenizers" / NAMES[request.param])
+
+
+def test_template_and_translation_augmentation(family_tokenizer):
+    family, tok, config = family_tokenizer
+    bos = config["bos_token"] if config.get("add_bos_token") else ""
+    close = tok.id_to_token(close_token_id(tok, family))
+    for translate in (False, True):
+        rows = encode(tok, family, RECORDS, max_length=128, translate=translate)
+        for ids, r in zip(rows, RECORDS):
+            first = f"{r.query} - {r.translation}" if translate else r.query
+            assert tok.decode(ids, skip_special_tokens=False) == f"{bos}{first}\n{r.target}{close}"
+            assert ids[-1] == close_token_id(tok, family)
+
+
+def test_pad_token_comes_from_the_tokenizer_config(family_tokenizer):
+    family, tok, config = family_tokenizer
+    assert tok.id_to_token(pad_token_id(tok, family)) == config["pad_token"]
+
+
+def test_truncation_shortens_the_target_first(family_tokenizer):
+    family, tok, _ = family_tokenizer
+    long = Record("1", "QI", "ja", "ドラクエ バッグ", "長い商品タイトル " * 50, 1, "dragon quest bag")
+    full = encode(tok, family, [long], max_length=10_000, translate=True)[0]
+    cut = encode(tok, family, [long], max_length=40, translate=True)[0]
+    assert len(cut) == 40 and cut[-1] == full[-1]
+    query_end = full.index(tok.encode("\n", add_special_tokens=False).ids[0])
+    assert cut[:query_end] == full[:query_end]  # the query is intact, the target lost its end
+    assert cut[query_end:-1] == full[query_end : len(cut) - 1]
+    tiny = encode(tok, family, [long], max_length=5, translate=True)[0]
+    assert len(tiny) == 5 and tiny[-1] == full[-1] and tiny[-2] == full[query_end]  # no target left, query cut
+
+
+def test_wrong_tokenizer_or_family_is_an_error(shared):
+    qwen, _ = load(shared / "tokenizers" / "qwen3")
+    with pytest.raises(ValueError, match="no '<bos>' token"):
+        encode(qwen, "gemma", RECORDS, 64, False)
+    with pytest.raises(ValueError, match="unknown family 'llama'"):
+        pad_token_id(qwen, "llama")
+    with pytest.raises(ValueError, match="max_length=2 leaves no room"):
+        encode(qwen, "qwen", RECORDS, 2, False)
+
+
+def test_model_family():
+    assert [model_family(t) for t in ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")] == ["qwen"] * 2 + ["gemma"] * 4
+    with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
+        model_family("llama")
