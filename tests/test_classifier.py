@@ -1,0 +1,131 @@
+"""The classifier against transformers' *ForSequenceClassification; pooling of padded and packed rows; training."""
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as tf
+
+from hf_tiny import CONFIGS, FAMILIES, randomize
+from model.classifier import classification_loss, last_token_index, load_classifier
+from model.decoder import positions_from_mask
+from model.lora import add_lora
+
+T = 11
+
+
+def tiny_seq_cls(family: str, path, seed: int = 0):
+    """A random transformers *ForSequenceClassification (2 labels) saved to `path`."""
+    config = CONFIGS[family]()
+    config.num_labels = 2
+    model = tf.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
+    randomize(model, seed)
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def pair(request, tmp_path_factory):
+    """(transformers classifier, ours loaded from its checkpoint)."""
+    path = tmp_path_factory.mktemp(request.param)
+    return tiny_seq_cls(request.param, path), load_classifier(path)
+
+
+def padded_batch(side: str):
+    """Rows of 11, 7 and 3 real tokens (ids 1..96, pad 0) padded on `side`."""
+    ids = torch.randint(1, 97, (3, T), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, T, dtype=torch.long)
+    for row, n in enumerate((11, 7, 3)):
+        if side == "right":
+            mask[row, n:] = 0
+        else:
+            mask[row, : T - n] = 0
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@torch.no_grad()
+def test_logits_match_transformers(pair, side):
+    hf, ours = pair
+    ids, mask = padded_batch(side)
+    want = hf(ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    got = ours(ids, mask)
+    assert got.shape == (3, 2)
+    assert (got - want).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_packed_rows_equal_examples_run_alone(pair):
+    hf, ours = pair
+    gen = torch.Generator().manual_seed(1)
+    examples = [[torch.randint(1, 97, (n,), generator=gen) for n in lengths] for lengths in ((4, 2, 3), (6,))]
+    ids = torch.zeros(2, T, dtype=torch.long)
+    mask = torch.zeros(2, T, dtype=torch.long)
+    for row, pieces in enumerate(examples):
+        start = 0
+        for k, piece in enumerate(pieces, 1):
+            ids[row, start:start + len(piece)], mask[row, start:start + len(piece)] = piece, k
+            start += len(piece)
+    want = torch.cat([hf(piece[None]).logits for pieces in examples for piece in pieces])
+    got = ours(ids, mask)
+    assert got.shape == (4, 2)
+    assert (got - want).abs().max() < 1e-4
+
+
+def test_last_token_index_orders_by_row_then_example():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 0, 0], [2, 2, 1, 0], [1, 2, 3, 3]])
+    rows, cols = last_token_index(mask)
+    assert rows.tolist() == [0, 1, 2, 2, 3, 3, 3]
+    assert cols.tolist() == [3, 1, 2, 1, 0, 1, 3]
+
+
+def test_rows_without_real_tokens_and_split_examples_are_errors():
+    with pytest.raises(ValueError, match=r"rows \[1\] have no real token"):
+        last_token_index(torch.tensor([[1, 1, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="non-contiguous"):
+        last_token_index(torch.tensor([[1, 2, 1, 0]]))
+
+
+def test_seq_cls_checkpoint_head_is_loaded_causal_lm_head_is_fresh(pair, tmp_path):
+    hf, ours = pair
+    torch.testing.assert_close(ours.score.weight, hf.score.weight, rtol=0, atol=0)
+    lm = tf.AutoModelForCausalLM.from_config(hf.config)
+    lm.save_pretrained(tmp_path)
+    fresh = load_classifier(tmp_path, num_labels=3)
+    assert fresh.score.weight.shape == (3, hf.config.hidden_size) and fresh.model.lm_head is None
+    assert 0.005 < fresh.score.weight.std() < 0.05  # normal(0, 0.02), not uninitialised memory
+
+
+def test_loss_matches_float64_cross_entropy():
+    logits = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 1, 0, 1, 1])
+    weights = [1.0, 3.0]
+    p = F.log_softmax(logits.double(), -1)
+    w = torch.tensor(weights, dtype=torch.float64)[labels]
+    smooth = 0.1
+    nll = -(1 - smooth) * p[range(6), labels] - smooth * p.mean(-1)
+    assert classification_loss(logits, labels).item() == pytest.approx(-p[range(6), labels].mean().item(), rel=1e-6)
+    want = (w * (-(p[range(6), labels]))).sum() / w.sum()
+    assert classification_loss(logits, labels, weights).item() == pytest.approx(want.item(), rel=1e-6)
+    assert classification_loss(logits, labels, label_smoothing=smooth).item() == pytest.approx(nll.mean().item(), rel=1e-6)
+
+
+def test_lora_gradients_reach_only_adapters_and_head_and_loss_goes_down(tmp_path):
+    tiny_seq_cls("qwen2", tmp_path)  # q/k/v biases: frozen too
+    torch.manual_seed(0)
+    classifier = load_classifier(tmp_path).train()
+    add_lora(classifier, r=4, alpha=8)
+    ids, mask = padded_batch("left")
+    labels = torch.tensor([1, 0, 1])
+    classification_loss(classifier(ids, mask), labels).backward()
+    for name, p in classifier.named_parameters():
+        trainable = name.endswith(("lora_A", "lora_B")) or name == "score.weight"
+        assert p.requires_grad == trainable and (p.grad is not None) == trainable, name
+    assert all(p.grad.abs().sum() > 0 for n, p in classifier.named_parameters() if n.endswith("lora_B"))
+    opt = torch.optim.AdamW([p for p in classifier.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = classification_loss(classifier(ids, mask), labels)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
