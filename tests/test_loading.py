@@ -1,0 +1,126 @@
+"""Loading checkpoints: sharded files, multimodal Gemma3, hub ids offline, and clear errors on mismatches."""
+import json
+
+import huggingface_hub.constants
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file, save_file
+
+from hf_tiny import CONFIGS, randomize, save_tiny
+from model import load_pretrained
+
+IDS = torch.tensor([[5, 17, 3, 88, 42, 9, 61]])
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen3")
+    save_tiny("qwen3", path)
+    return path
+
+
+def copy_checkpoint(src, dst, edit=lambda tensors: None):
+    """A copy of a single-file checkpoint whose tensors went through `edit`."""
+    tensors = load_file(src / "model.safetensors")
+    edit(tensors)
+    dst.mkdir()
+    save_file(tensors, dst / "model.safetensors")
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    return dst
+
+
+@torch.no_grad()
+def test_sharded_checkpoint_loads_like_transformers(tmp_path):
+    hf = save_tiny("qwen2", tmp_path, max_shard_size="20KB")
+    assert len(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]) > 2
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
+    ours = load_pretrained(tmp_path)
+    assert (ours.lm_logits(ours(IDS)) - hf(IDS).logits).abs().max() < 1e-4
+
+
+def test_loads_in_bfloat16(qwen3_dir):
+    ours = load_pretrained(qwen3_dir, dtype=torch.bfloat16)
+    assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
+
+
+def tiny_gemma3_multimodal():
+    vision = tf.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=28, patch_size=14)
+    config = tf.Gemma3Config(text_config=CONFIGS["gemma3_text"]().to_dict(), vision_config=vision.to_dict(),
+                             mm_tokens_per_image=4)
+    model = tf.Gemma3ForConditionalGeneration(config).eval()
+    randomize(model)
+    return model
+
+
+@pytest.mark.parametrize("layout", ["language_model.model.", "model.language_model."])
+@torch.no_grad()
+def test_multimodal_gemma3_loads_its_text_model(tmp_path, layout):
+    """Both the original layout (language_model.model.*) and transformers 5's (model.language_model.*)."""
+    hf = tiny_gemma3_multimodal()
+    hf.save_pretrained(tmp_path / "saved")
+
+    def relayout(tensors):
+        for key in [k for k in tensors if k.startswith("language_model.model.")]:
+            tensors[layout + key.removeprefix("language_model.model.")] = tensors.pop(key)
+
+    path = copy_checkpoint(tmp_path / "saved", tmp_path / "relaid", relayout)
+    assert any(k.startswith("vision_tower.") for k in load_file(path / "model.safetensors"))
+    ours = load_pretrained(path)
+    reference = hf.model.language_model(IDS).last_hidden_state
+    assert (ours(IDS) - reference).abs().max() < 1e-4
+
+
+def test_hub_id_resolves_from_the_cache_offline(qwen3_dir, tmp_path, monkeypatch):
+    snapshot = tmp_path / "models--tiny--qwen3" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((qwen3_dir / name).read_bytes())
+    (tmp_path / "models--tiny--qwen3" / "refs").mkdir()
+    (tmp_path / "models--tiny--qwen3" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    ours, local = load_pretrained("tiny/qwen3"), load_pretrained(qwen3_dir)
+    assert torch.equal(ours(IDS), local(IDS))
+    with pytest.raises(FileNotFoundError, match="'tiny/absent'"):
+        load_pretrained("tiny/absent")
+
+
+def drop_norm(tensors):
+    del tensors["model.layers.1.input_layernorm.weight"]
+
+
+def add_extra(tensors):
+    tensors["model.layers.0.self_attn.extra.weight"] = torch.zeros(2)
+
+
+def reshape_q(tensors):
+    tensors["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(3, 48)
+
+
+@pytest.mark.parametrize("edit, error, message", [
+    (drop_norm, KeyError, r"lacks 1 tensor\(s\), first 'layers.1.input_layernorm.weight'"),
+    (add_extra, KeyError, r"model.safetensors: unexpected tensor 'model.layers.0.self_attn.extra.weight'"),
+    (reshape_q, ValueError, r"model.safetensors: tensor 'model.layers.0.self_attn.q_proj.weight' has shape \(3, 48\)"),
+])
+def test_mismatched_checkpoint_names_the_tensor(qwen3_dir, tmp_path, edit, error, message):
+    path = copy_checkpoint(qwen3_dir, tmp_path / "bad", edit)
+    with pytest.raises(error, match=message):
+        load_pretrained(path)
+
+
+def test_unknown_model_type_names_the_file(qwen3_dir, tmp_path):
+    path = copy_checkpoint(qwen3_dir, tmp_path / "llama")
+    (path / "config.json").write_text(json.dumps({**json.loads((path / "config.json").read_text()),
+                                                  "model_type": "llama"}))
+    with pytest.raises(ValueError, match=r"llama/config.json: unknown model_type 'llama'"):
+        load_pretrained(path)
+
+
+def test_missing_shard_is_named(tmp_path):
+    save_tiny("qwen3", tmp_path, max_shard_size="20KB")
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=shard.name):
+        load_pretrained(tmp_path)
