@@ -1,0 +1,166 @@
+"""Token ids -> batches of tensors, padded or packed, and the batch sampler that orders them.
+
+A batch is a dict:
+    input_ids       (B, T) long
+    attention_mask  (B, T) long: 0 = padding, k > 0 = the k-th example of the row
+    position_ids    (B, T) long: 0, 1, 2, ... restarting for each example; 0 on padding
+    labels          (N,) long: one per example, row by row then segment by segment; -1 when unlabelled
+    ids             N record ids, in the order of labels
+A padded batch has one example per row; a packed batch concatenates examples into rows of at most
+`row_tokens` tokens. The model must let a token attend only within its own segment and pool the last
+token of each segment.
+
+    python -m data.batching FILE TOKENIZER_DIR FAMILY [--batch-size B --max-length L --row-tokens R]
+
+prints the padding waste of padded and packed batches of FILE.
+"""
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from data.inputs import encode, pad_token_id
+from data.records import read_records
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    input_ids: list[int]
+    label: int | None
+
+
+def examples(records, token_ids) -> list[Example]:
+    """Pair records with their token ids (from data.inputs.encode); a list of these is a Dataset."""
+    return [Example(r.id, ids, r.label) for r, ids in zip(records, token_ids, strict=True)]
+
+
+def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "right") -> dict:
+    """One row of the batch per list of examples, concatenated and padded to the longest row."""
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids = [t for e in row for t in e.input_ids]
+        start = 0 if padding_side == "right" else width - len(ids)
+        cols = slice(start, start + len(ids))
+        input_ids[i, cols] = torch.tensor(ids)
+        attention_mask[i, cols] = torch.tensor([k for k, e in enumerate(row, 1) for _ in e.input_ids])
+        position_ids[i, cols] = torch.tensor([p for e in row for p in range(len(e.input_ids))])
+    flat = [e for row in rows for e in row]
+    labels = torch.tensor([-1 if e.label is None else e.label for e in flat], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels, "ids": [e.id for e in flat]}
+
+
+def collate_padded(examples: list[Example], pad_id: int, padding_side: str = "right") -> dict:
+    return collate_rows([[e] for e in examples], pad_id, padding_side)
+
+
+def pack(examples: list[Example], row_tokens: int) -> list[list[Example]]:
+    """As few rows of at most row_tokens as possible, balanced: longest example first, to the shortest row."""
+    for e in examples:
+        if len(e.input_ids) > row_tokens:
+            raise ValueError(f"example {e.id} has {len(e.input_ids)} tokens, more than row_tokens={row_tokens}")
+    n_rows = -(-sum(len(e.input_ids) for e in examples) // row_tokens)
+    while True:  # ends: with one example per row every row fits
+        rows, sizes = [[] for _ in range(n_rows)], [0] * n_rows
+        for e in sorted(examples, key=lambda e: -len(e.input_ids)):
+            i = sizes.index(min(sizes))
+            rows[i].append(e)
+            sizes[i] += len(e.input_ids)
+        if max(sizes) <= row_tokens:
+            return rows
+        n_rows += 1
+
+
+def collate_packed(examples: list[Example], pad_id: int, row_tokens: int, padding_side: str = "right") -> dict:
+    return collate_rows(pack(examples, row_tokens), pad_id, padding_side)
+
+
+def padding_waste(batches) -> float:
+    """Fraction of the batches' token slots that are padding."""
+    pads = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+    return pads / sum(b["attention_mask"].numel() for b in batches)
+
+
+class BatchSampler:
+    """Batches of example indices for one rank: shuffled per (seed, epoch), optionally grouped by length.
+
+    Length grouping sorts the examples of each megabatch (`megabatch` steps of all ranks) by length, so a
+    batch holds examples of similar length; without shuffle the whole epoch is sorted (evaluation). The
+    epoch's steps are shared out so rank r takes batch r of every step: ranks get disjoint batches and
+    the same number of steps. Without drop_last, up to world_size - 1 examples are repeated so that every
+    rank gets as many; the last step may have smaller batches. Resume with set_epoch(epoch, start_step).
+    """
+
+    def __init__(self, lengths, batch_size, seed=0, shuffle=True, group_by_length=True, rank=0, world_size=1, drop_last=False, megabatch=50):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.lengths, self.batch_size, self.seed, self.shuffle = np.asarray(lengths), batch_size, seed, shuffle
+        self.group_by_length, self.rank, self.world_size = group_by_length, rank, world_size
+        self.drop_last, self.megabatch = drop_last, megabatch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, start_step: int = 0):
+        self.epoch, self.start_step = epoch, start_step
+
+    def steps(self) -> list[np.ndarray]:
+        """All ranks' batches of the epoch: one (world_size, batch) index array per step."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n, step = len(self.lengths), self.batch_size * self.world_size
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.group_by_length:
+            size = step * self.megabatch if self.shuffle else n
+            chunks = [order[i : i + size] for i in range(0, n, size)]
+            order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        if self.drop_last:
+            order = order[: n - n % step]
+        else:
+            order = np.resize(order, -(-n // self.world_size) * self.world_size)
+        full = len(order) - len(order) % step
+        steps = list(order[:full].reshape(-1, self.world_size, self.batch_size))
+        if full < len(order):
+            steps.append(order[full:].reshape(self.world_size, -1))
+        return [steps[i] for i in rng.permutation(len(steps))] if self.shuffle else steps
+
+    def __iter__(self):
+        for s in self.steps()[self.start_step :]:
+            yield s[self.rank].tolist()
+
+    def __len__(self):
+        return len(self.steps()) - self.start_step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m data.batching", description="Padding waste of padded vs packed batches.")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("tokenizer", type=Path, help="folder with the model's tokenizer.json")
+    parser.add_argument("family", choices=["qwen", "gemma"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--row-tokens", type=int, default=128, help="token budget of a packed row")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    records = read_records(args.file, training=False)
+    tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
+    data = examples(records, encode(tokenizer, args.family, records, args.max_length, translate=False))
+    pad, lengths = pad_token_id(tokenizer, args.family), [len(e.input_ids) for e in data]
+    print(f"{len(data)} examples, {sum(lengths) / len(data):.1f} tokens on average, batches of {args.batch_size}")
+    for name, grouped, collate in [
+        ("padded, random order", False, lambda b: collate_padded(b, pad)),
+        ("padded, length-grouped", True, lambda b: collate_padded(b, pad)),
+        (f"packed, rows of <= {args.row_tokens} tokens", False, lambda b: collate_packed(b, pad, args.row_tokens)),
+    ]:
+        sampler = BatchSampler(lengths, args.batch_size, args.seed, group_by_length=grouped)
+        batches = [collate([data[i] for i in idx]) for idx in sampler]
+        print(f"{name:>40}: {100 * padding_waste(batches):5.1f}% padding, {sum(b['input_ids'].numel() for b in batches)} token slots")
+
+
+if __name__ == "__main__":
+    main()

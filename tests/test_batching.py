@@ -1,0 +1,149 @@
+"""Padded and packed batches (the layout the model relies on) and the batch sampler."""
+import json
+from collections import Counter
+from functools import partial
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from data.batching import BatchSampler, Example, collate_packed, collate_padded, collate_rows, examples, main, pack, padding_waste
+from data.inputs import close_token_id, encode, pad_token_id
+from data.records import read_records
+
+PAD = 0
+
+
+def make(lengths, labels=None):
+    labels = labels or [i % 2 for i in range(len(lengths))]
+    return [Example(f"r{i}", [100 * (i + 1) + t for t in range(n)], y) for i, (n, y) in enumerate(zip(lengths, labels))]
+
+
+def test_contract_example_row():
+    a, b, c = make([3, 2, 3], [1, 0, None])
+    batch = collate_rows([[a, b, c], [b]], PAD)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 2, 2, 3, 3, 3], [1, 1, 0, 0, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 0, 0, 0, 0, 0, 0]]
+    assert batch["input_ids"].tolist() == [a.input_ids + b.input_ids + c.input_ids, b.input_ids + [PAD] * 6]
+    assert batch["labels"].tolist() == [1, 0, -1, 0] and batch["ids"] == ["r0", "r1", "r2", "r1"]
+    assert all(batch[k].dtype == torch.long for k in ("input_ids", "attention_mask", "position_ids", "labels"))
+
+
+def last_tokens(batch):
+    """Reference reading of a batch, as the model does: (row, last column) of each example in label order."""
+    out = []
+    for row, mask in enumerate(batch["attention_mask"]):
+        for k in range(1, int(mask.max()) + 1):
+            out.append((row, int(torch.nonzero(mask == k).max())))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=12), st.sampled_from(["right", "left"]), st.integers(12, 30), st.booleans())
+def test_each_example_is_one_contiguous_segment_ending_at_its_last_token(lengths, side, row_tokens, packed):
+    data = make(lengths)
+    batch = collate_packed(data, PAD, row_tokens, side) if packed else collate_padded(data, PAD, side)
+    by_id = {e.id: e for e in data}
+    assert sorted(batch["ids"]) == sorted(by_id) and len(batch["labels"]) == len(data)
+    mask, pos, ids = batch["attention_mask"], batch["position_ids"], batch["input_ids"]
+    for (row, last), id_, label in zip(last_tokens(batch), batch["ids"], batch["labels"].tolist()):
+        e = by_id[id_]
+        k = int(mask[row, last])
+        cols = torch.nonzero(mask[row] == k).flatten()
+        assert cols.tolist() == list(range(last - len(e.input_ids) + 1, last + 1))  # contiguous, in order
+        assert ids[row, cols].tolist() == e.input_ids and pos[row, cols].tolist() == list(range(len(e.input_ids)))
+        assert label == e.label
+    assert (ids[mask == 0] == PAD).all() and (pos[mask == 0] == 0).all()
+    assert ((mask > 0).sum(1) <= (row_tokens if packed else max(lengths))).all()
+    pads = (mask == 0).int()
+    if side == "right":  # padding only at the end (right) or the start (left) of rows
+        assert (pads.cummax(1).values == pads).all()
+    else:
+        assert (pads.flip(1).cummax(1).values.flip(1) == pads).all()
+
+
+def test_pack_fills_few_balanced_rows():
+    data = make([5, 4, 4, 3, 3, 3, 2, 1])
+    rows = pack(data, 10)
+    assert sorted(e.id for row in rows for e in row) == sorted(e.id for e in data)
+    assert [sum(len(e.input_ids) for e in row) for row in rows] == [8, 9, 8]
+    with pytest.raises(ValueError, match="example r0 has 5 tokens, more than row_tokens=4"):
+        pack(data, 4)
+
+
+def test_sampler_single_rank_covers_every_example_once_per_epoch():
+    lengths = [n % 37 + 1 for n in range(0, 1000, 7)]
+    sampler = BatchSampler(lengths, 8, seed=3, megabatch=4)
+    first = list(sampler)
+    assert sorted(i for b in first for i in b) == list(range(len(lengths)))
+    assert Counter(map(len, first)) == {8: len(lengths) // 8, len(lengths) % 8: 1}
+    assert first == list(BatchSampler(lengths, 8, seed=3, megabatch=4))
+    sampler.set_epoch(1)
+    assert list(sampler) != first and len(sampler) == len(first)
+    evaluation = list(BatchSampler(lengths, 8, shuffle=False))
+    assert [lengths[i] for b in evaluation for i in b] == sorted(lengths, reverse=True)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_distributed_shards_are_disjoint_and_equal(drop_last):
+    lengths, world = list(range(1, 104)), 4
+    shards = [list(BatchSampler(lengths, 5, seed=1, rank=r, world_size=world, drop_last=drop_last)) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1  # every rank takes as many steps
+    seen = Counter(i for s in shards for b in s for i in b)
+    if drop_last:
+        assert len(seen) == 100 and set(seen.values()) == {1}
+    else:
+        assert set(seen) == set(range(103)) and sum(seen.values()) == 104  # 103 rows, one repeated for 4 ranks
+        assert all(len(b) > 0 for s in shards for b in s)
+
+
+def test_resume_mid_epoch_yields_the_remaining_batches():
+    sampler = BatchSampler(list(range(1, 60)), 4, seed=7, rank=1, world_size=2)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.set_epoch(2, start_step=5)
+    assert list(sampler) == whole[5:] and len(sampler) == len(whole) - 5
+
+
+def test_length_grouping_reduces_padding_through_a_dataloader():
+    data = make([(7 * i) % 50 + 1 for i in range(400)])
+    lengths = [len(e.input_ids) for e in data]
+    waste = {}
+    for grouped in (False, True):
+        loader = DataLoader(data, batch_sampler=BatchSampler(lengths, 16, group_by_length=grouped), collate_fn=partial(collate_padded, pad_id=PAD))
+        batches = list(loader)
+        assert sorted(i for b in batches for i in b["ids"]) == sorted(e.id for e in data)
+        waste[grouped] = padding_waste(batches)
+    assert waste[True] < waste[False] / 4
+
+
+@pytest.mark.slow
+def test_real_sample_padding_waste(shared):
+    """Every real row ends in the closing token after batching; packing and grouping cut the padding."""
+    records = read_records(shared / "data" / "qc_sample.jsonl")
+    tok = Tokenizer.from_file(str(shared / "tokenizers" / "qwen3" / "tokenizer.json"))
+    data = examples(records, encode(tok, "qwen", records, 64, translate=False))
+    lengths, pad = [len(e.input_ids) for e in data], pad_token_id(tok, "qwen")
+    random_order = [[data[i] for i in b] for b in BatchSampler(lengths, 16, group_by_length=False)]
+    padded = [collate_padded(b, pad) for b in random_order]
+    packed = [collate_packed(b, pad, 128) for b in random_order]
+    for batch in padded[:50] + packed[:50]:
+        rows, cols = zip(*last_tokens(batch))
+        assert (batch["input_ids"][list(rows), list(cols)] == close_token_id(tok, "qwen")).all()
+    assert padding_waste(packed) < padding_waste(padded) / 3
+
+
+def test_cli_prints_the_waste_of_each_layout(shared, tmp_path, capsys):
+    rows = [{"id": i, "task": "QI", "language": "en", "origin_query": "red shoes", "item_title": "shoe " * (i % 9)} for i in range(40)]
+    path = tmp_path / "test_QI.txt"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main([str(path), str(shared / "tokenizers" / "qwen3"), "qwen", "--batch-size", "8", "--row-tokens", "32"])
+    printed = capsys.readouterr().out
+    tok = Tokenizer.from_file(str(shared / "tokenizers" / "qwen3" / "tokenizer.json"))
+    records = read_records(path, training=False)
+    data = examples(records, encode(tok, "qwen", records, 128, translate=False))
+    batches = [collate_packed([data[i] for i in b], 0, 32) for b in BatchSampler([len(e.input_ids) for e in data], 8, group_by_length=False)]
+    assert "40 examples" in printed and f"{100 * padding_waste(batches):5.1f}% padding" in printed
