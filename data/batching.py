@@ -55,7 +55,8 @@ def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "ri
         position_ids[i, cols] = torch.tensor([p for e in row for p in range(len(e.input_ids))])
     flat = [e for row in rows for e in row]
     labels = torch.tensor([-1 if e.label is None else e.label for e in flat], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels, "ids": [e.id for e in flat]}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "labels": labels, "ids": [e.id for e in flat]}
 
 
 def collate_padded(examples: list[Example], pad_id: int, padding_side: str = "right") -> dict:
@@ -99,7 +100,8 @@ class BatchSampler:
     rank gets as many; the last step may have smaller batches. Resume with set_epoch(epoch, start_step).
     """
 
-    def __init__(self, lengths, batch_size, seed=0, shuffle=True, group_by_length=True, rank=0, world_size=1, drop_last=False, megabatch=50):
+    def __init__(self, lengths, batch_size, seed=0, shuffle=True, group_by_length=True, rank=0, world_size=1,
+                 drop_last=False, megabatch=50):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.lengths, self.batch_size, self.seed, self.shuffle = np.asarray(lengths), batch_size, seed, shuffle
@@ -138,7 +140,7 @@ class BatchSampler:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data.batching", description="Padding waste of padded vs packed batches.")
+    parser = argparse.ArgumentParser(prog="python -m data.batching", description="Padding waste of batch layouts.")
     parser.add_argument("file", type=Path)
     parser.add_argument("tokenizer", type=Path, help="folder with the model's tokenizer.json")
     parser.add_argument("family", choices=["qwen", "gemma"])
@@ -159,7 +161,8 @@ def main(argv=None):
     ]:
         sampler = BatchSampler(lengths, args.batch_size, args.seed, group_by_length=grouped)
         batches = [collate([data[i] for i in idx]) for idx in sampler]
-        print(f"{name:>40}: {100 * padding_waste(batches):5.1f}% padding, {sum(b['input_ids'].numel() for b in batches)} token slots")
+        slots = sum(b["input_ids"].numel() for b in batches)
+        print(f"{name:>40}: {100 * padding_waste(batches):5.1f}% padding, {slots} token slots")
 
 
 if __name__ == "__main__":

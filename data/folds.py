@@ -68,7 +68,8 @@ def assign_folds(records, n_folds=5, levels=2, seed=0, stratify_top_level=False)
 def shares(records, languages) -> list[float]:
     """Percent of positive labels among labelled rows, then percent of rows per language."""
     labels = [r.label for r in records if r.label is not None]
-    return [100 * sum(labels) / max(len(labels), 1), *(100 * sum(r.language == lang for r in records) / len(records) for lang in languages)]
+    languages_share = [100 * sum(r.language == lang for r in records) / len(records) for lang in languages]
+    return [100 * sum(labels) / max(len(labels), 1), *languages_share]
 
 
 def fold_stats(records, folds, levels=2) -> tuple[str, dict]:

@@ -94,15 +94,23 @@ def _field(path, line, row, name, optional=False):
     return str(value)
 
 
+def _id(path, line, row, first_line):
+    """The row's id, checked non-empty and unique; first_line maps the ids seen so far to their line."""
+    id_ = _field(path, line, row, "id")
+    if not id_.strip():
+        raise DataError(path, line, "id", "empty id")
+    if id_ in first_line:
+        raise DataError(path, line, "id", f"duplicated id {id_!r} (first on line {first_line[id_]})")
+    first_line[id_] = line
+    return id_
+
+
 def _label(path, line, row, training):
-    if "label" not in row:
-        if training:
-            raise DataError(path, line, "label", "missing column (labels are required when training)")
-        return None
-    value = row["label"]
+    value = row.get("label")
     if value is None or value == "":
         if training:
-            raise DataError(path, line, "label", "missing label (labels are required when training)")
+            problem = "missing column" if "label" not in row else "no value"
+            raise DataError(path, line, "label", f"{problem} (labels are required when training)")
         return None
     if isinstance(value, bool) or value not in (0, 1, "0", "1"):
         raise DataError(path, line, "label", f"label must be 0 or 1, got {value!r}")
@@ -111,14 +119,9 @@ def _label(path, line, row, training):
 
 def read_translations(path) -> dict[str, str]:
     """id -> English translation, from a JSON-lines or CSV file with columns `id, translated_query`."""
-    translations, lines = {}, {}
-    for line, row in read_rows(path):
-        id_ = _field(path, line, row, "id")
-        if id_ in lines:
-            raise DataError(path, line, "id", f"duplicated id {id_!r} (first on line {lines[id_]})")
-        lines[id_] = line
-        translations[id_] = _field(path, line, row, "translated_query")
-    return translations
+    first_line = {}
+    rows = read_rows(path)
+    return {_id(path, line, row, first_line): _field(path, line, row, "translated_query") for line, row in rows}
 
 
 def read_records(path, task=None, translations=None, lowercase=True, training=True) -> list[Record]:
@@ -136,12 +139,7 @@ def read_records(path, task=None, translations=None, lowercase=True, training=Tr
     expect_translation = by_id is not None or any("translated_query" in row for _, row in rows)
     records, lines, dropped, missing = [], {}, 0, 0
     for line, row in rows:
-        id_ = _field(path, line, row, "id")
-        if not id_.strip():
-            raise DataError(path, line, "id", "empty id")
-        if id_ in lines:
-            raise DataError(path, line, "id", f"duplicated id {id_!r} (first on line {lines[id_]})")
-        lines[id_] = line
+        id_ = _id(path, line, row, lines)
         row_task = _field(path, line, row, "task")
         if row_task not in TARGET_FIELD or (task is not None and row_task != task):
             expected = task or " or ".join(TARGET_FIELD)
@@ -152,9 +150,11 @@ def read_records(path, task=None, translations=None, lowercase=True, training=Tr
         query = clean(_field(path, line, row, "origin_query"), lowercase)
         target = clean(_field(path, line, row, TARGET_FIELD[row_task]), lowercase)
         label = _label(path, line, row, training)
-        translation = by_id.get(id_) if by_id is not None else _field(path, line, row, "translated_query", optional=True)
-        if translation is not None:
-            translation = clean(translation, lowercase) or None
+        if by_id is not None:
+            translation = by_id.get(id_)
+        else:
+            translation = _field(path, line, row, "translated_query", optional=True)
+        translation = clean(translation or "", lowercase) or None
         missing += expect_translation and translation is None
         if training and not (query and target):
             dropped += 1

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from data.batching import BatchSampler, Example, collate_packed, collate_padded, collate_rows, examples, main, pack, padding_waste
+from data.batching import (BatchSampler, Example, collate_packed, collate_padded, collate_rows, examples, main, pack,
+                           padding_waste)
 from data.inputs import close_token_id, encode, pad_token_id
 from data.records import read_records
 
@@ -42,7 +43,8 @@ def last_tokens(batch):
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.integers(1, 12), min_size=1, max_size=12), st.sampled_from(["right", "left"]), st.integers(12, 30), st.booleans())
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=12), st.sampled_from(["right", "left"]), st.integers(12, 30),
+       st.booleans())
 def test_each_example_is_one_contiguous_segment_ending_at_its_last_token(lengths, side, row_tokens, packed):
     data = make(lengths)
     batch = collate_packed(data, PAD, row_tokens, side) if packed else collate_padded(data, PAD, side)
@@ -90,7 +92,8 @@ def test_sampler_single_rank_covers_every_example_once_per_epoch():
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_distributed_shards_are_disjoint_and_equal(drop_last):
     lengths, world = list(range(1, 104)), 4
-    shards = [list(BatchSampler(lengths, 5, seed=1, rank=r, world_size=world, drop_last=drop_last)) for r in range(world)]
+    samplers = [BatchSampler(lengths, 5, seed=1, rank=r, world_size=world, drop_last=drop_last) for r in range(world)]
+    shards = [list(s) for s in samplers]
     assert len({len(s) for s in shards}) == 1  # every rank takes as many steps
     seen = Counter(i for s in shards for b in s for i in b)
     if drop_last:
@@ -113,7 +116,8 @@ def test_length_grouping_reduces_padding_through_a_dataloader():
     lengths = [len(e.input_ids) for e in data]
     waste = {}
     for grouped in (False, True):
-        loader = DataLoader(data, batch_sampler=BatchSampler(lengths, 16, group_by_length=grouped), collate_fn=partial(collate_padded, pad_id=PAD))
+        sampler = BatchSampler(lengths, 16, group_by_length=grouped)
+        loader = DataLoader(data, batch_sampler=sampler, collate_fn=partial(collate_padded, pad_id=PAD))
         batches = list(loader)
         assert sorted(i for b in batches for i in b["ids"]) == sorted(e.id for e in data)
         waste[grouped] = padding_waste(batches)
@@ -137,7 +141,8 @@ def test_real_sample_padding_waste(shared):
 
 
 def test_cli_prints_the_waste_of_each_layout(shared, tmp_path, capsys):
-    rows = [{"id": i, "task": "QI", "language": "en", "origin_query": "red shoes", "item_title": "shoe " * (i % 9)} for i in range(40)]
+    row = {"task": "QI", "language": "en", "origin_query": "red shoes"}
+    rows = [dict(row, id=i, item_title="shoe " * (i % 9)) for i in range(40)]
     path = tmp_path / "test_QI.txt"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     main([str(path), str(shared / "tokenizers" / "qwen3"), "qwen", "--batch-size", "8", "--row-tokens", "32"])
@@ -145,5 +150,6 @@ def test_cli_prints_the_waste_of_each_layout(shared, tmp_path, capsys):
     tok = Tokenizer.from_file(str(shared / "tokenizers" / "qwen3" / "tokenizer.json"))
     records = read_records(path, training=False)
     data = examples(records, encode(tok, "qwen", records, 128, translate=False))
-    batches = [collate_packed([data[i] for i in b], 0, 32) for b in BatchSampler([len(e.input_ids) for e in data], 8, group_by_length=False)]
+    sampler = BatchSampler([len(e.input_ids) for e in data], 8, group_by_length=False)
+    batches = [collate_packed([data[i] for i in b], 0, 32) for b in sampler]
     assert "40 examples" in printed and f"{100 * padding_waste(batches):5.1f}% padding" in printed

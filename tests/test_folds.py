@@ -38,7 +38,8 @@ def test_guarantees_on_random_records(records, n_folds, levels, seed):
 
 
 def test_group_keys():
-    qi = [Record(str(i), "QI", "en", q, "t", 1, None) for i, q in enumerate(["Red  Shoes", "red shoes", "ｒｅｄ shoes"])]
+    queries = ["Red  Shoes", "red shoes", "ｒｅｄ shoes"]
+    qi = [Record(str(i), "QI", "en", q, "t", 1, None) for i, q in enumerate(queries)]
     assert len({group_key(r, 2) for r in qi}) == 1
     qc = Record("1", "QC", "en", "q", "food,flour, baking and cooking,flour", 1, None)
     assert group_key(qc, 2) == "QC:food,flour, baking and cooking"

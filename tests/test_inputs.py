@@ -21,7 +21,8 @@ RECORDS = [Record(str(i), "QC", lang, q, t, 1, tr) for i, (lang, q, tr, t) in en
 @functools.cache
 def load(folder):
     """The tokenizer and its config, loaded once per test session (Gemma's takes seconds)."""
-    return Tokenizer.from_file(str(folder / "tokenizer.json")), json.loads((folder / "tokenizer_config.json").read_text())
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    return Tokenizer.from_file(str(folder / "tokenizer.json")), config
 
 
 @pytest.fixture(params=["qwen", "gemma"])
@@ -70,6 +71,7 @@ def test_wrong_tokenizer_or_family_is_an_error(shared):
 
 
 def test_model_family():
-    assert [model_family(t) for t in ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")] == ["qwen"] * 2 + ["gemma"] * 4
+    types = ["qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text"]
+    assert [model_family(t) for t in types] == ["qwen"] * 2 + ["gemma"] * 4
     with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
         model_family("llama")

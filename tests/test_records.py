@@ -6,8 +6,13 @@ import pytest
 
 from data.records import DataError, Record, category_levels, read_records
 
-QC = {"id": 1, "task": "QC", "language": "en", "origin_query": "Red  Shoes", "category_path": "shoes,men's shoes", "label": 1}
+QC = {"id": 1, "task": "QC", "language": "en", "origin_query": "Red  Shoes", "category_path": "shoes,men's shoes",
+      "label": 1}
 QI = {"id": 2, "task": "QI", "language": "ja", "origin_query": "赤い\u3000靴", "item_title": "Red Sneaker\tX", "label": 0}
+
+
+def without(row, key):
+    return {k: v for k, v in row.items() if k != key}
 
 
 def write_jsonl(path, rows):
@@ -26,7 +31,8 @@ def test_reads_and_cleans_jsonl(tmp_path):
 
 def test_csv_matches_jsonl(tmp_path):
     csv_path = tmp_path / "train.csv"
-    csv_path.write_text('id,task,language,origin_query,category_path,label\n1,QC,en,Red  Shoes,"shoes,men\'s shoes",1\n')
+    header = "id,task,language,origin_query,category_path,label\n"
+    csv_path.write_text(header + '1,QC,en,Red  Shoes,"shoes,men\'s shoes",1\n')
     assert read_records(csv_path) == read_records(write_jsonl(tmp_path / "train.txt", [QC]))
 
 
@@ -49,7 +55,7 @@ def test_empty_rows_dropped_only_when_training(tmp_path, caplog):
 
 
 def test_prediction_files_have_no_labels(tmp_path):
-    path = write_jsonl(tmp_path / "dev_QC.txt", [{k: v for k, v in QC.items() if k != "label"}])
+    path = write_jsonl(tmp_path / "dev_QC.txt", [without(QC, "label")])
     assert read_records(path, training=False)[0].label is None
     with pytest.raises(DataError, match=r"dev_QC.txt, line 1, field 'label': missing column"):
         read_records(path)
@@ -70,8 +76,8 @@ def test_task_filter_is_strict(tmp_path):
         (json.dumps(dict(QC, label=True)) + "\n", 1, "label", "label must be 0 or 1"),
         (json.dumps(QC) + "\n\n" + json.dumps(QC) + "\n", 3, "id", "duplicated id '1' \\(first on line 1\\)"),
         (json.dumps(dict(QC, task="QX")) + "\n", 1, "task", "task 'QX'"),
-        (json.dumps({k: v for k, v in QC.items() if k != "category_path"}) + "\n", 1, "category_path", "missing column"),
-        (json.dumps({k: v for k, v in QI.items() if k != "origin_query"}) + "\n", 1, "origin_query", "missing column"),
+        (json.dumps(without(QC, "category_path")) + "\n", 1, "category_path", "missing column"),
+        (json.dumps(without(QI, "origin_query")) + "\n", 1, "origin_query", "missing column"),
         (json.dumps(dict(QC, origin_query=["a"])) + "\n", 1, "origin_query", "expected text"),
         ("\n  \n", 1, None, "empty file"),
     ],
@@ -102,7 +108,8 @@ def test_bad_csv_names_the_line(tmp_path):
 
 
 def test_category_levels_keep_comma_space_inside_a_level():
-    assert category_levels("food,grocery,flour, baking and cooking,flour") == ["food", "grocery", "flour, baking and cooking", "flour"]
+    levels = category_levels("food,grocery,flour, baking and cooking,flour")
+    assert levels == ["food", "grocery", "flour, baking and cooking", "flour"]
 
 
 def test_real_sample(shared, caplog):
@@ -116,3 +123,14 @@ def test_real_sample(shared, caplog):
     with_comma = [lv for lv in levels if any(", " in name for name in lv)]
     assert with_comma and all(name and name == name.strip() for lv in levels for name in lv)
     assert ["automobiles, parts & accessories"] == sorted({lv[0] for lv in with_comma if "," in lv[0]})
+
+
+def test_bad_translation_file_is_named(tmp_path):
+    records = write_jsonl(tmp_path / "train.txt", [QC])
+    side = tmp_path / "translations.csv"
+    side.write_text("id,translated_query\n1,a\n1,b\n")
+    with pytest.raises(DataError, match=r"translations.csv, line 3, field 'id': duplicated id '1' \(first on line 2\)"):
+        read_records(records, translations=side)
+    side.write_text("id,english\n1,a\n")
+    with pytest.raises(DataError, match=r"translations.csv, line 2, field 'translated_query': missing column"):
+        read_records(records, translations=side)
