@@ -58,10 +58,11 @@ def read_rows(path) -> list[tuple[int, dict]]:
     rows = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []  # reads the header line
         line = reader.line_num + 1
         for row in reader:
             if None in row or None in row.values():
-                raise DataError(path, line, None, f"wrong number of values, the header has {len(reader.fieldnames)}")
+                raise DataError(path, line, None, f"wrong number of values, the header has {len(header)}")
             rows.append((line, row))
             line = reader.line_num + 1
     else:
