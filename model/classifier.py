@@ -32,7 +32,7 @@ class SequenceClassifier(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.model(input_ids, attention_mask, position_ids)
+        hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
         rows, cols = last_token_index(attention_mask)
         return self.score(hidden[rows, cols].to(self.score.weight.dtype))
 

@@ -41,22 +41,23 @@ class LoRALinear(nn.Module):
         lora = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A), self.lora_B)
         return out + (lora * self.scaling).to(out.dtype)
 
-    def delta_weight(self) -> torch.Tensor:
-        """scaling * B @ A, computed in float32 and returned in the base weight's dtype."""
-        return (self.lora_B @ self.lora_A * self.scaling).to(self.base.weight.dtype)
+    def merged_weight(self, sign: int = 1) -> torch.Tensor:
+        """base.weight + sign * scaling * B @ A, summed in float32, in the base weight's dtype."""
+        w = self.base.weight
+        return (w.float() + sign * self.scaling * (self.lora_B.float() @ self.lora_A.float())).to(w.dtype)
 
     @torch.no_grad()
     def merge(self):
         """Fold the update into base.weight; forward then skips the LoRA branch."""
         if not self.merged:
-            self.base.weight += self.delta_weight()
+            self.base.weight.copy_(self.merged_weight())
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self):
         """Subtract the update from base.weight again (exact up to rounding)."""
         if self.merged:
-            self.base.weight -= self.delta_weight()
+            self.base.weight.copy_(self.merged_weight(-1))
             self.merged = False
 
 
@@ -95,13 +96,10 @@ def lora_layers(module: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in module.named_modules() if isinstance(m, LoRALinear)}
 
 
-def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """module.state_dict() with every LoRALinear folded back into plain Linear names (`x.weight`, `x.bias`).
-
-    Does not modify the module: merged weights are new tensors, everything else is shared.
-    """
+def merged_tensors(module: nn.Module):
+    """(name, tensor) of module.state_dict() with every LoRALinear folded into plain Linear names (`x.weight`,
+    `x.bias`). Lazy, one merged weight at a time; does not modify the module (other tensors are shared)."""
     layers = lora_layers(module)
-    out = {}
     for key, tensor in module.state_dict().items():
         owner, _, leaf = key.rpartition(".")
         if owner in layers:
@@ -109,7 +107,6 @@ def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
         if owner.endswith(".base") and owner[:-5] in layers:
             layer = layers[owner[:-5]]
             if leaf == "weight" and not layer.merged:
-                tensor = tensor + layer.delta_weight()
+                tensor = layer.merged_weight().detach()
             key = f"{owner[:-5]}.{leaf}"
-        out[key] = tensor
-    return out
+        yield key, tensor

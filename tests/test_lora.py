@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.lora import DEFAULT_TARGETS, LoRALinear, add_lora, merged_state_dict
+from model.lora import DEFAULT_TARGETS, LoRALinear, add_lora, merged_tensors
 
 
 class Block(nn.Module):
@@ -102,7 +102,7 @@ def test_add_lora_subset_and_unknown_target():
         add_lora(Block(16), targets=("qproj",))
 
 
-def test_merged_state_dict_loads_into_plain_module_and_leaves_original():
+def test_merged_tensors_loads_into_plain_module_and_leaves_original():
     torch.manual_seed(0)
     plain = Block(16)
     lora = copy.deepcopy(plain)
@@ -110,7 +110,7 @@ def test_merged_state_dict_loads_into_plain_module_and_leaves_original():
     randomize_b(lora)
     lora.eval()
     before = {k: v.clone() for k, v in lora.state_dict().items()}
-    sd = merged_state_dict(lora)
+    sd = dict(merged_tensors(lora))
     assert sd.keys() == plain.state_dict().keys()
     plain.load_state_dict(sd)
     x = torch.randn(3, 16)
@@ -119,7 +119,7 @@ def test_merged_state_dict_loads_into_plain_module_and_leaves_original():
     for m in lora.modules():
         if isinstance(m, LoRALinear):
             m.merge()
-    torch.testing.assert_close(merged_state_dict(lora)["mlp.down_proj.weight"], sd["mlp.down_proj.weight"])
+    torch.testing.assert_close(dict(merged_tensors(lora))["mlp.down_proj.weight"], sd["mlp.down_proj.weight"])
 
 
 def test_lora_on_meta_device_is_plain_parameters_and_materializes():
