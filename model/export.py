@@ -1,0 +1,68 @@
+"""Merged export: LoRA folded into the base weights, written as a Hugging Face checkpoint (config.json, safetensors
+shards, model.safetensors.index.json) that transformers, load_pretrained and load_classifier all read."""
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from model.classifier import SequenceClassifier
+from model.lora import merged_tensors
+
+# model_type -> transformers classes (causal LM, sequence classification) named in config.json's "architectures".
+ARCHITECTURES = {
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2ForSequenceClassification"),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3ForSequenceClassification"),
+    "gemma": ("GemmaForCausalLM", "GemmaForSequenceClassification"),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2ForSequenceClassification"),
+    "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification"),
+}
+
+
+def shards(tensors, max_bytes: int):
+    """Group (name, tensor) pairs, in order, into dicts of at most max_bytes (a bigger tensor is alone)."""
+    shard, size = {}, 0
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if shard and size + nbytes > max_bytes:
+            yield shard
+            shard, size = {}, 0
+        shard[name], size = tensor, size + nbytes
+    if shard:
+        yield shard
+
+
+@torch.no_grad()
+def export_merged(module, directory, max_shard_bytes: int = 5 * 10**9) -> None:
+    """Write `module` (a SequenceClassifier or a Decoder, with or without LoRA) as a Hugging Face checkpoint in
+    the decoder's dtype, LoRA merged. The module is not modified; run it on one process (not FSDP-sharded)."""
+    classifier = isinstance(module, SequenceClassifier)
+    decoder = module.model if classifier else module
+    dtype = decoder.embed_tokens.weight.dtype
+    config = {**decoder.config.hf, "architectures": [ARCHITECTURES[decoder.config.model_type][classifier]],
+              "dtype": str(dtype).removeprefix("torch.")}
+    config.pop("torch_dtype", None)
+    if classifier:
+        labels = range(module.score.out_features)
+        config.update(id2label={str(i): f"LABEL_{i}" for i in labels}, label2id={f"LABEL_{i}": i for i in labels})
+    named = merged_tensors(module)
+    if not classifier:  # a Decoder's keys are the HF *ForCausalLM keys without the leading "model."
+        named = ((key if key.startswith("lm_head.") else f"model.{key}", t) for key, t in named)
+    named = ((key, t.to(device="cpu", dtype=dtype).contiguous()) for key, t in named)
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written, total = [], 0
+    for i, shard in enumerate(shards(named, max_shard_bytes)):
+        part = directory / f"part-{i:05d}.tmp"
+        save_file(shard, part, metadata={"format": "pt"})
+        written.append((part, list(shard)))
+        total += sum(t.numel() * t.element_size() for t in shard.values())
+    weight_map = {}
+    for i, (part, keys) in enumerate(written, 1):
+        name = f"model-{i:05d}-of-{len(written):05d}.safetensors"
+        part.rename(directory / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,66 @@
+"""Merged export: a sharded Hugging Face checkpoint that transformers and our loaders read with the same logits."""
+import json
+
+import pytest
+import torch
+import transformers as tf
+
+from hf_tiny import save_tiny
+from model import load_pretrained
+from model.classifier import load_classifier
+from model.export import export_merged
+from model.lora import LoRALinear, add_lora
+
+MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [0] * 5 + [1] * 4])
+IDS = torch.randint(1, 97, (3, 9), generator=torch.Generator().manual_seed(0)) * MASK  # pad id 0
+POSITIONS = (MASK.cumsum(1) - 1).clamp(min=0)  # transformers numbers left-padded rows from 0 otherwise
+
+
+def randomize_trainable(module, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
+@torch.no_grad()
+def test_merged_classifier_loads_in_transformers_and_back(family, tmp_path):
+    save_tiny(family, tmp_path / "base")
+    ours = load_classifier(tmp_path / "base")
+    add_lora(ours, r=4, alpha=8)
+    randomize_trainable(ours)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    want = ours(IDS, MASK)
+    export_merged(ours, tmp_path / "merged", max_shard_bytes=40_000)
+
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in before.items())
+    assert not any(m.merged for m in ours.modules() if isinstance(m, LoRALinear))
+    index = json.loads((tmp_path / "merged" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and all((tmp_path / "merged" / f).is_file() for f in files)
+    assert "score.weight" in index["weight_map"] and not any("lora" in k for k in index["weight_map"])
+
+    hf = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged", attn_implementation="eager")
+    assert type(hf).__name__.endswith("ForSequenceClassification") and hf.config.num_labels == 2
+    assert (hf(IDS, attention_mask=MASK, position_ids=POSITIONS).logits - want).abs().max() < 1e-4
+    back = load_classifier(tmp_path / "merged")
+    assert (back(IDS, MASK) - want).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_merged_decoder_loads_in_transformers_and_back(tmp_path):
+    save_tiny("qwen2", tmp_path / "base")  # untied LM head
+    ours = load_pretrained(tmp_path / "base")
+    add_lora(ours, r=4, alpha=8, targets=("q_proj", "down_proj"))
+    randomize_trainable(ours)
+    want = ours.lm_logits(ours(IDS, MASK))
+    export_merged(ours, tmp_path / "merged")
+
+    hf = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", attn_implementation="eager")
+    assert hf.config.architectures == ["Qwen2ForCausalLM"]
+    got = hf(IDS, attention_mask=MASK, position_ids=POSITIONS).logits
+    assert (got - want)[MASK.bool()].abs().max() < 1e-4
+    back = load_pretrained(tmp_path / "merged")
+    assert (back.lm_logits(back(IDS, MASK)) - want)[MASK.bool()].abs().max() < 1e-5
