@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 import unicodedata
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np

@@ -85,3 +85,15 @@ def test_cli_on_real_sample(shared, tmp_path, capsys):
     table, worst = fold_stats(records, folds)
     assert table in printed
     assert worst["size %"] < 1 and worst["label pp"] < 1 and worst["language pp"] < 1
+
+
+def test_cli_writes_the_assignment_next_to_the_file(tmp_path, capsys):
+    path = tmp_path / "train_QI.txt"
+    rows = [{"id": i, "task": "QI", "language": "en", "origin_query": f"q{i % 9}", "item_title": "t", "label": i % 2}
+            for i in range(45)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main([str(path), "--folds", "3", "--seed", "4"])
+    saved = json.loads((tmp_path / "train_QI.txt.folds.json").read_text())
+    records = read_records(path)
+    assert saved["assignment"] == {r.id: f for r, f in zip(records, assign_folds(records, 3, seed=4))}
+    assert "worst deviation from global" in capsys.readouterr().out
