@@ -54,14 +54,16 @@ def positions_from_mask(mask):
     return (index - first) * (mask > 0)
 
 
-def attention_masks(mask, sliding_window: int | None):
-    """Boolean (B, 1, T, T) masks for full and sliding-window layers: causal, within one example.
+def attention_masks(mask, sliding_window: int | None, num_queries: int | None = None):
+    """Boolean (B, 1, T, S) masks for full and sliding-window layers: causal, within one example.
 
+    `mask` covers all S keys (cached ones first); the queries are its last T = num_queries tokens.
     Padding queries attend to themselves only, so no row is empty (their outputs are never used).
     """
-    index = torch.arange(mask.shape[1], device=mask.device)
-    distance = index[:, None] - index[None, :]
-    same_example = (mask[:, :, None] == mask[:, None, :]) & (mask[:, None, :] > 0)
+    keys = torch.arange(mask.shape[1], device=mask.device)
+    queries = keys[mask.shape[1] - (num_queries or mask.shape[1]):]
+    distance = queries[:, None] - keys[None, :]
+    same_example = (mask[:, queries, None] == mask[:, None, :]) & (mask[:, None, :] > 0)
     full = (same_example & (distance >= 0)) | (distance == 0)
     masks = {"full_attention": full[:, None]}
     if sliding_window:
@@ -69,9 +71,26 @@ def attention_masks(mask, sliding_window: int | None):
     return masks
 
 
-class Attention(nn.Module):
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer; a sliding-window layer keeps only its last window."""
+
     def __init__(self, cfg: ModelConfig):
+        self.keep = [cfg.sliding_window - 1 if kind == "sliding_attention" else None for kind in cfg.layer_types]
+        self.keys, self.values = [None] * cfg.num_layers, [None] * cfg.num_layers
+
+    def update(self, layer: int, k, v):
+        """Append this step's k, v (B, H_kv, T, D); returns the keys and values to attend to."""
+        if self.keys[layer] is not None:
+            k, v = torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
+        keep = self.keep[layer]
+        self.keys[layer], self.values[layer] = (k, v) if keep is None else (k[:, :, -keep:], v[:, :, -keep:])
+        return k, v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
         self.softcap = cfg.attn_softcap
@@ -83,7 +102,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
 
-    def forward(self, x, rope, mask):
+    def forward(self, x, rope, mask, cache: KVCache | None = None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
@@ -91,7 +110,9 @@ class Attention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q.transpose(1, 2), *rope), apply_rotary(k.transpose(1, 2), *rope)
-        out = attention(q, k, v, mask, self.scale, self.softcap)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        out = attention(q, k, v, mask[..., -k.shape[2]:], self.scale, self.softcap)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -110,20 +131,20 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm block. Without sandwich norms, HF calls the pre-MLP norm `post_attention_layernorm`."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)  # noqa: E731
-        self.self_attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.self_attn, self.mlp = Attention(cfg, layer), MLP(cfg)
         self.input_layernorm, self.post_attention_layernorm = norm(), norm()
         self.sandwich = cfg.sandwich_norm
         if cfg.sandwich_norm:
             self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
 
-    def forward(self, x, rope, mask):
+    def forward(self, x, rope, mask, cache=None):
         if self.sandwich:
-            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, mask))
+            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, mask, cache))
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask)
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -132,26 +153,30 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None):
-        """Final hidden states (B, T, hidden_size) after the last norm."""
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
+        """Final hidden states (B, T, hidden_size) after the last norm.
+
+        With a cache (generation), `attention_mask` covers the cached tokens and the T new ones.
+        """
         cfg = self.config
+        T = input_ids.shape[1]
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         if position_ids is None:
-            position_ids = positions_from_mask(mask)
+            position_ids = positions_from_mask(mask)[:, -T:]
         x = self.embed_tokens(input_ids)
         if cfg.embed_scale:  # the scale is rounded to the activation dtype, as in the reference
             x = x * torch.tensor(math.sqrt(cfg.hidden_size), dtype=x.dtype)
-        masks = attention_masks(mask, cfg.sliding_window)
+        masks = attention_masks(mask, cfg.sliding_window, T)
         global_rope = rotary(position_ids, cfg.head_dim, cfg.rope_theta, cfg.rope_scale)
         ropes = {"full_attention": global_rope, "sliding_attention": global_rope}
         if cfg.rope_local_theta:
             ropes["sliding_attention"] = rotary(position_ids, cfg.head_dim, cfg.rope_local_theta, 1.0)
         for layer, kind in zip(self.layers, cfg.layer_types):
-            x = layer(x, ropes[kind], masks[kind])
+            x = layer(x, ropes[kind], masks[kind], cache)
         return self.norm(x)
 
     def lm_logits(self, hidden):
