@@ -16,7 +16,6 @@ class ConfigError(ValueError):
 class ModelSection:
     path: str = ""  # Hugging Face directory or hub id
     dtype: Literal["bfloat16", "float32"] = "bfloat16"  # storage of the frozen base weights
-    num_labels: int = 2
 
 
 @dataclass
