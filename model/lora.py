@@ -38,8 +38,9 @@ class LoRALinear(nn.Module):
         out = self.base(x)
         if self.merged:
             return out
-        lora = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A), self.lora_B)
-        return out + (lora * self.scaling).to(out.dtype)
+        # Cast the small weights, not the activations, to the input's dtype (autocast would do the same).
+        lora = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
+        return out + lora * self.scaling
 
     def merged_weight(self, sign: int = 1) -> torch.Tensor:
         """base.weight + sign * scaling * B @ A, summed in float32, in the base weight's dtype."""
