@@ -43,20 +43,20 @@ def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "ri
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
+    columns = {"input_ids": [], "attention_mask": [], "position_ids": []}
+    for row in rows:
         ids = [t for e in row for t in e.input_ids]
-        start = 0 if padding_side == "right" else width - len(ids)
-        cols = slice(start, start + len(ids))
-        input_ids[i, cols] = torch.tensor(ids)
-        attention_mask[i, cols] = torch.tensor([k for k, e in enumerate(row, 1) for _ in e.input_ids])
-        position_ids[i, cols] = torch.tensor([p for e in row for p in range(len(e.input_ids))])
+        segments = [k for k, e in enumerate(row, 1) for _ in e.input_ids]
+        positions = [p for e in row for p in range(len(e.input_ids))]
+        n_pad = width - len(ids)
+        for name, values, fill in [("input_ids", ids, pad_id), ("attention_mask", segments, 0),
+                                   ("position_ids", positions, 0)]:
+            columns[name].append(values + [fill] * n_pad if padding_side == "right" else [fill] * n_pad + values)
+    batch = {name: torch.tensor(values, dtype=torch.long) for name, values in columns.items()}
     flat = [e for row in rows for e in row]
-    labels = torch.tensor([-1 if e.label is None else e.label for e in flat], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "labels": labels, "ids": [e.id for e in flat]}
+    batch["labels"] = torch.tensor([-1 if e.label is None else e.label for e in flat], dtype=torch.long)
+    batch["ids"] = [e.id for e in flat]
+    return batch
 
 
 def collate_padded(examples: list[Example], pad_id: int, padding_side: str = "right") -> dict:
