@@ -1,0 +1,86 @@
+"""Checkpoints: exact round trip of weights, optimizer and RNG; atomic writes; the last k kept; no pickles."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.classifier import load_classifier
+from model.lora import add_lora
+from train.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from train.distributed import Dist
+from train_fixtures import make_checkpoint
+
+ONE = Dist(rank=0, world_size=1, device=torch.device("cpu"))
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A tiny classifier with LoRA and an AdamW that has taken two steps."""
+    torch.manual_seed(0)
+    model = load_classifier(make_checkpoint(tmp_path / "model"))
+    add_lora(model, r=4, alpha=8)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(3, 30, (4, 6))
+    for _ in range(2):
+        model(ids).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model, optimizer
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_round_trip_restores_weights_optimizer_and_rng(trained, tmp_path):
+    model, optimizer = trained
+    before, moments = trainable(model), {k: {n: v.clone() for n, v in s.items()} for k, s in optimizer.state.items()}
+    torch.manual_seed(123)
+    path = save_checkpoint(tmp_path / "run", 7, model, optimizer, {"best_f1": 0.5}, ONE, keep_last=2)
+    expected_draw = torch.rand(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    optimizer.state.clear()
+    torch.rand(5)
+
+    state = load_checkpoint(path, model, optimizer, ONE)
+    assert state["step"] == 7 and state["best_f1"] == 0.5
+    assert all(torch.equal(before[n], p) for n, p in trainable(model).items())
+    for p, saved in moments.items():
+        for key, value in saved.items():
+            assert torch.equal(optimizer.state[p][key], value), key
+    assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues where it was saved
+    frozen = next(p for n, p in model.named_parameters() if not p.requires_grad)
+    assert frozen.isfinite().all()
+
+
+def test_files_are_safetensors_and_json_only(trained, tmp_path):
+    model, optimizer = trained
+    path = save_checkpoint(tmp_path / "run", 1, model, optimizer, {}, ONE, keep_last=2)
+    assert sorted(p.name for p in path.iterdir()) == [
+        "adapters.json", "adapters.safetensors", "optimizer.safetensors", "rng-rank0.safetensors", "state.json"]
+    weights = load_file(path / "adapters.safetensors")
+    assert set(weights) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "score.weight" in weights  # the head is saved with the adapters
+    assert json.loads((path / "state.json").read_text())["param_groups"][0]["lr"] == 1e-2
+
+
+def test_only_the_last_k_are_kept_and_partial_writes_are_ignored(trained, tmp_path):
+    model, optimizer = trained
+    run = tmp_path / "run"
+    for step in range(1, 5):
+        save_checkpoint(run, step, model, optimizer, {}, ONE, keep_last=2)
+    (run / "checkpoints" / ".tmp-step-00000009").mkdir()  # a write killed half-way
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000004"]
+    assert latest_checkpoint(run).name == "step-00000004"
+    assert latest_checkpoint(tmp_path / "empty") is None
+
+
+def test_best_is_replaced_whole(trained, tmp_path):
+    model, _ = trained
+    save_best(tmp_path / "best", model, ONE, threshold=0.3)
+    save_best(tmp_path / "best", model, ONE, threshold=0.7)
+    assert json.loads((tmp_path / "best" / "adapters.json").read_text())["threshold"] == 0.7
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

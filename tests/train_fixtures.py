@@ -1,0 +1,67 @@
+"""Tiny training runs for the train/ tests: a random Qwen3-style checkpoint, a word tokenizer, labelled QC files."""
+import json
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+
+from model import Decoder, ModelConfig
+from train.config import RunConfig
+
+TOPICS = {"shoes": ["sneaker", "boot", "sandal"], "phones": ["iphone", "android", "charger"],
+          "kitchen": ["pan", "knife", "kettle"], "toys": ["lego", "doll", "puzzle"]}
+WORDS = ["cheap", "red", "new", "kids", "men", "women", "best", "mini"]
+HF_CONFIG = dict(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
+                 tie_word_embeddings=True, rope_theta=10000.0)
+
+
+def make_checkpoint(directory: Path) -> Path:
+    """A random tiny Qwen3 checkpoint in Hugging Face layout, with a word-level tokenizer.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["<|endoftext|>", "[UNK]", "-", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    torch.manual_seed(0)
+    decoder = Decoder(ModelConfig.from_hf(HF_CONFIG))
+    save_file({f"model.{k}": v.contiguous() for k, v in decoder.state_dict().items()}, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(HF_CONFIG))
+    return directory
+
+
+def make_records(path: Path, n: int, seed: int) -> Path:
+    """n QC rows in the competition's JSON-lines schema; relevant when the query names the category's topic."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            topic, other = rng.sample(list(TOPICS), 2)
+            label = rng.random() < 0.6
+            item = rng.choice(TOPICS[topic if label else other])
+            query = " ".join(rng.sample(WORDS, rng.randint(0, 3)) + [item])
+            row = dict(id=f"{path.stem}-{i}", task="QC", language=rng.choice(["en", "fr"]), origin_query=query,
+                       category_path=f"{topic},{rng.choice(WORDS)}", label=int(label))
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def tiny_config(tmp: Path, run_dir: str = "run", **train) -> RunConfig:
+    """A float32, dropout-free config over the tiny checkpoint and data (made once per directory)."""
+    model = tmp / "model"
+    if not model.exists():
+        make_checkpoint(model)
+        make_records(tmp / "train.jsonl", 32, seed=1)
+        make_records(tmp / "valid.jsonl", 12, seed=2)
+    cfg = RunConfig(run_dir=str(tmp / run_dir))
+    cfg.model.path, cfg.model.dtype = str(model), "float32"
+    cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = 4, 8, 0.0
+    cfg.data.train, cfg.data.valid, cfg.data.max_length = str(tmp / "train.jsonl"), str(tmp / "valid.jsonl"), 16
+    settings = dict(lr=1e-2, warmup_ratio=0.0, epochs=1, batch_size=8, grad_accum=1, bf16=False, keep_last=10,
+                    seed=0, eval_batch_size=4)
+    for key, value in {**settings, **train}.items():
+        setattr(cfg.train, key, value)
+    return cfg

@@ -1,0 +1,75 @@
+"""Processes and sharding: the process group (NCCL on CUDA, gloo on CPU) and FSDP2 wrapping of the classifier."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed._composable import checkpoint
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the torchrun process group if there is one (WORLD_SIZE > 1); one plain process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    return Dist(rank=int(os.environ.get("RANK", 0)), world_size=world_size, device=device)
+
+
+def shutdown(d: Dist) -> None:
+    if d.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum over ranks in place (a no-op on one process)."""
+    if d.world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def all_gather_lists(items: list, d: Dist) -> list:
+    """The concatenation of every rank's list, in rank order."""
+    if d.world_size == 1:
+        return items
+    gathered = [None] * d.world_size
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
+
+
+def barrier(d: Dist) -> None:
+    if d.world_size > 1:
+        dist.barrier()
+
+
+def prepare_model(classifier: torch.nn.Module, d: Dist, bf16: bool, activation_checkpointing: bool):
+    """Activation checkpointing per block, then FSDP2 per block and at the root when there are several ranks.
+
+    Compute runs in bf16 (when asked) while gradients are reduced in float32. Parameter names do not change,
+    so checkpoints written on N ranks load on any other number.
+    """
+    blocks = classifier.model.layers
+    if activation_checkpointing:
+        for block in blocks:
+            checkpoint(block)
+    if d.world_size == 1:
+        return classifier
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, mp_policy=policy)
+    return fully_shard(classifier, mp_policy=policy)
