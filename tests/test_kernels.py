@@ -1,0 +1,98 @@
+"""The Triton kernels against their PyTorch references: forward and gradients, float32 and bfloat16, odd sizes.
+
+Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set here before Triton
+is first imported); with one they run compiled on CUDA tensors.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="Triton is not installed: pip install triton (CUDA builds of torch bring it)")
+
+from kernels.gated_act import gated_act  # noqa: E402
+from kernels.rmsnorm import rms_norm  # noqa: E402
+from kernels.rotary import apply_rotary  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.bfloat16]
+# Allowed max|triton - reference|, relative to max|reference| (the tensor's scale).
+# float32: the two differ only in the order of float32 operations and in approximate rsqrt/exp: a few ulps
+# (1.2e-7), grown by sums of at most a few hundred terms.
+# bfloat16 keeps 8 significant bits: a rounding moves a value by at most 2^-8 of it, or 2^-7 when truncating as
+# Triton's interpreter does. The reference rounds its intermediates (e.g. act(gate), then its product with up),
+# the kernels only their outputs, so the two may differ by a few such steps: we allow four.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4 * 2**-7}
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+def randn(*shape, dtype=torch.float32, scale=1.0):
+    return (scale * torch.randn(shape)).to(DEVICE, dtype)
+
+
+def forward_and_grads(fn, inputs):
+    """fn(*inputs) and the gradients w.r.t. every input of <fn(*inputs), dy>, for a fixed random dy."""
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    y = fn(*inputs)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
+    return [y, *torch.autograd.grad(y, inputs, dy)]
+
+
+def assert_matches(fn, reference, inputs, dtype):
+    """fn and reference agree on the output and every gradient, in dtype, shape and value."""
+    for actual, expected in zip(forward_and_grads(fn, inputs), forward_and_grads(reference, inputs), strict=True):
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        error = (actual.double() - expected.double()).abs().max() / expected.double().abs().max()
+        assert error <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0.0, 1.0], ids=["qwen", "gemma"])
+@pytest.mark.parametrize("shape", [(3, 37), (2, 5, 3, 130)])
+def test_rms_norm(shape, offset, dtype):
+    x = randn(*shape, dtype=dtype, scale=3.0)
+    weight = (1.0 - offset + 0.5 * randn(shape[-1])).to(dtype)  # around the identity scale of each variant
+    assert_matches(lambda x, w: rms_norm(x, w, 1e-6, offset, use_triton=True),
+                   lambda x, w: rms_norm(x, w, 1e-6, offset, use_triton=False), [x, weight], dtype)
+
+
+def test_rms_norm_float32_weight_on_bfloat16_input():
+    """Qwen's variant promotes: a float32 weight on bfloat16 activations gives a float32 output."""
+    x, weight = randn(4, 45, dtype=torch.bfloat16), 1.0 + 0.5 * randn(45)
+    assert_matches(lambda x, w: rms_norm(x, w, 1e-6, use_triton=True),
+                   lambda x, w: rms_norm(x, w, 1e-6, use_triton=False), [x, weight], torch.bfloat16)
+
+
+def as_in_decoder(x_shape):
+    """x laid out as the decoder's q and k: (B, H, T, D) transposed from a contiguous (B, T, H, D)."""
+    B, H, T, D = x_shape
+    return lambda dtype: randn(B, T, H, D, dtype=dtype).transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make_x, cos_shape", [
+    (as_in_decoder((2, 3, 5, 10)), (2, 1, 5, 10)),  # the decoder's call; half = 5 is odd
+    (lambda dtype: randn(2, 5, 3, 40, dtype=dtype), (2, 5, 1, 40)),  # rotation before the transpose
+    (lambda dtype: randn(7, 6, dtype=dtype), (7, 6)),  # no broadcasting
+])
+def test_rotary(make_x, cos_shape, dtype):
+    angles = randn(*cos_shape, scale=3.0)
+    cos, sin = angles.cos(), angles.sin()
+    assert_matches(lambda x: apply_rotary(x, cos, sin, use_triton=True),
+                   lambda x: apply_rotary(x, cos, sin, use_triton=False), [make_x(dtype)], dtype)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's sigmoid saturates via exp = inf
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("shape", [(3, 7, 33), (2, 1100)])  # 1100 elements span two blocks of 1024
+def test_gated_act(shape, act, dtype):
+    gate, up = randn(*shape, dtype=dtype, scale=4.0), randn(*shape, dtype=dtype)
+    assert_matches(lambda g, u: gated_act(g, u, act, use_triton=True),
+                   lambda g, u: gated_act(g, u, act, use_triton=False), [gate, up], dtype)
