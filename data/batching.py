@@ -10,7 +10,7 @@ A padded batch has one example per row; a packed batch concatenates examples int
 `row_tokens` tokens. The model must let a token attend only within its own segment and pool the last
 token of each segment.
 
-    python -m data.batching FILE TOKENIZER_DIR FAMILY [--batch-size B --max-length L --row-tokens R]
+    python -m data padding FILE TOKENIZER_DIR FAMILY [--batch-size B --max-length L --row-tokens R]
 
 prints the padding waste of padded and packed batches of FILE.
 """
@@ -140,7 +140,7 @@ class BatchSampler:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data.batching", description="Padding waste of batch layouts.")
+    parser = argparse.ArgumentParser(prog="python -m data padding", description="Padding waste of batch layouts.")
     parser.add_argument("file", type=Path)
     parser.add_argument("tokenizer", type=Path, help="folder with the model's tokenizer.json")
     parser.add_argument("family", choices=["qwen", "gemma"])
@@ -163,7 +163,3 @@ def main(argv=None):
         batches = [collate([data[i] for i in idx]) for idx in sampler]
         slots = sum(b["input_ids"].numel() for b in batches)
         print(f"{name:>40}: {100 * padding_waste(batches):5.1f}% padding, {slots} token slots")
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ validation fold holds queries (QI) or category subtrees (QC) never seen in train
 (x top-level category if asked). Groups go greedily, largest first, to the fold where they least increase the
 squared relative deviation of fold size and stratum counts from their targets.
 
-    python -m data.folds FILE [--folds K] [--levels N] [--seed S] [--top-level] [--out PATH]
+    python -m data folds FILE [--folds K] [--levels N] [--seed S] [--top-level] [--out PATH]
 
 prints per-fold statistics and writes {"id": fold} (with the parameters) to FILE.folds.json.
 """
@@ -93,7 +93,7 @@ def fold_stats(records, folds, levels=2) -> tuple[str, dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data.folds", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data folds", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--levels", type=int, default=2, help="category levels that define a QC group")
@@ -109,7 +109,3 @@ def main(argv=None):
     params = {"folds": args.folds, "levels": args.levels, "seed": args.seed, "top_level": args.top_level}
     out.write_text(json.dumps({**params, "assignment": {r.id: f for r, f in zip(records, folds)}}) + "\n")
     print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    main()

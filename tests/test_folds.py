@@ -1,8 +1,12 @@
 """Grouped, stratified folds: guarantees on random data, balance on realistic data, the CLI."""
 import json
 import random
+import subprocess
+import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,13 +91,15 @@ def test_cli_on_real_sample(shared, tmp_path, capsys):
     assert worst["size %"] < 1 and worst["label pp"] < 1 and worst["language pp"] < 1
 
 
-def test_cli_writes_the_assignment_next_to_the_file(tmp_path, capsys):
+@pytest.mark.slow  # a fresh interpreter imports torch
+def test_command_writes_the_assignment_next_to_the_file(tmp_path):
     path = tmp_path / "train_QI.txt"
     rows = [{"id": i, "task": "QI", "language": "en", "origin_query": f"q{i % 9}", "item_title": "t", "label": i % 2}
             for i in range(45)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    main([str(path), "--folds", "3", "--seed", "4"])
+    run = subprocess.run([sys.executable, "-m", "data", "folds", str(path), "--folds", "3", "--seed", "4"],
+                         capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert run.returncode == 0 and "worst deviation from global" in run.stdout and not run.stderr
     saved = json.loads((tmp_path / "train_QI.txt.folds.json").read_text())
     records = read_records(path)
     assert saved["assignment"] == {r.id: f for r, f in zip(records, assign_folds(records, 3, seed=4))}
-    assert "worst deviation from global" in capsys.readouterr().out
