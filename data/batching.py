@@ -64,7 +64,8 @@ def collate_padded(examples: list[Example], pad_id: int, padding_side: str = "ri
 
 
 def pack(examples: list[Example], row_tokens: int) -> list[list[Example]]:
-    """As few rows of at most row_tokens as possible, balanced: longest example first, to the shortest row."""
+    """Balanced rows of at most row_tokens: longest example first, to the shortest row; starting from the
+    fewest rows the tokens need, one more row until every row fits."""
     for e in examples:
         if len(e.input_ids) > row_tokens:
             raise ValueError(f"example {e.id} has {len(e.input_ids)} tokens, more than row_tokens={row_tokens}")
@@ -97,7 +98,7 @@ class BatchSampler:
     batch holds examples of similar length; without shuffle the whole epoch is sorted (evaluation). The
     epoch's steps are shared out so rank r takes batch r of every step: ranks get disjoint batches and
     the same number of steps. Without drop_last, up to world_size - 1 examples are repeated so that every
-    rank gets as many; the last step may have smaller batches. Resume with set_epoch(epoch, start_step).
+    rank gets as many; one step may then have smaller batches. Resume with set_epoch(epoch, start_step).
     """
 
     def __init__(self, lengths, batch_size, seed=0, shuffle=True, group_by_length=True, rank=0, world_size=1,
@@ -117,7 +118,7 @@ class BatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch])
         n, step = len(self.lengths), self.batch_size * self.world_size
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        if self.group_by_length:
+        if self.group_by_length and n:
             size = step * self.megabatch if self.shuffle else n
             chunks = [order[i : i + size] for i in range(0, n, size)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])

@@ -85,6 +85,7 @@ def test_sampler_single_rank_covers_every_example_once_per_epoch():
     assert first == list(BatchSampler(lengths, 8, seed=3, megabatch=4))
     sampler.set_epoch(1)
     assert list(sampler) != first and len(sampler) == len(first)
+    assert list(BatchSampler([], 8)) == [] and len(BatchSampler([], 8, world_size=2, rank=1)) == 0
     evaluation = list(BatchSampler(lengths, 8, shuffle=False))
     assert [lengths[i] for b in evaluation for i in b] == sorted(lengths, reverse=True)
 
