@@ -119,10 +119,17 @@ def _label(path, line, row, training):
 
 
 def read_translations(path) -> dict[str, str]:
-    """id -> English translation, from a JSON-lines or CSV file with columns `id, translated_query`."""
-    first_line = {}
-    rows = read_rows(path)
-    return {_id(path, line, row, first_line): _field(path, line, row, "translated_query") for line, row in rows}
+    """id -> English translation, from a JSON-lines or CSV file with columns `id, translated_query`.
+
+    One file may cover several competition files: an id may repeat, but only with the same translation.
+    """
+    translations, first_line = {}, {}
+    for line, row in read_rows(path):
+        id_, translation = _field(path, line, row, "id"), _field(path, line, row, "translated_query")
+        if translations.setdefault(id_, translation) != translation:
+            raise DataError(path, line, "translated_query", f"id {id_!r} translated differently on line {first_line[id_]}")
+        first_line.setdefault(id_, line)
+    return translations
 
 
 def read_records(path, task=None, translations=None, lowercase=True, training=True) -> list[Record]:

@@ -128,8 +128,10 @@ def test_real_sample(shared, caplog):
 def test_bad_translation_file_is_named(tmp_path):
     records = write_jsonl(tmp_path / "train.txt", [QC])
     side = tmp_path / "translations.csv"
-    side.write_text("id,translated_query\n1,a\n1,b\n")
-    with pytest.raises(DataError, match=r"translations.csv, line 3, field 'id': duplicated id '1' \(first on line 2\)"):
+    side.write_text("id,translated_query\n1,a\n2,c\n1,a\n")
+    assert read_records(records, translations=side)[0].translation == "a"
+    side.write_text("id,translated_query\n1,a\n2,c\n1,b\n")
+    with pytest.raises(DataError, match=r"translations.csv, line 4, field 'translated_query': id '1' translated differently on line 2"):
         read_records(records, translations=side)
     side.write_text("id,english\n1,a\n")
     with pytest.raises(DataError, match=r"translations.csv, line 2, field 'translated_query': missing column"):
