@@ -1,0 +1,156 @@
+"""Translate the queries of competition files to English with an instruction-tuned decoder, cached and resumable.
+
+    python -m train.translate --model google/gemma-3-4b-it --output translations.jsonl train_QC.txt dev_QC.txt
+    torchrun --nproc_per_node=4 -m train.translate --model ... --output ... FILES   # queries split across ranks
+
+Unique queries only, in length-sorted batches. Every finished batch is appended to OUTPUT.rank<R>.part, so an
+interrupted run resumes without redoing finished queries (with any number of ranks). At the end the
+`id, translated_query` file the data pipeline reads is written to OUTPUT, atomically. A translation that fails
+or comes back empty falls back to the original query and is counted in the report.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from data import read_records
+from model import load_pretrained
+from model.generate import generate
+from model.loading import resolve
+from train.distributed import barrier, init_distributed, shutdown
+
+INSTRUCTION = ("Translate this e-commerce search query into English. Reply with the translation only.\n\n"
+               "Query: {query}")
+
+
+class Prompter:
+    """Prompt token ids from the checkpoint's chat template (tokenizer_config.json), or a plain prompt."""
+
+    def __init__(self, directory: Path):
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        config_path = directory / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        special = {k: v.get("content") if isinstance(v, dict) else v for k, v in config.items() if k.endswith("_token")}
+        self.special = special
+        template = config.get("chat_template")
+        self.template = ImmutableSandboxedEnvironment().from_string(template) if isinstance(template, str) else None
+
+    def __call__(self, query: str) -> list[int]:
+        text = INSTRUCTION.format(query=query)
+        if self.template is None:
+            return self.tokenizer.encode(f"{text}\nEnglish:").ids
+        prompt = self.template.render(messages=[{"role": "user", "content": text}], add_generation_prompt=True,
+                                      enable_thinking=False, raise_exception=_raise, **self.special)
+        return self.tokenizer.encode(prompt, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return text.splitlines()[0].strip() if text else ""
+
+
+def _raise(message):
+    raise ValueError(f"chat template: {message}")
+
+
+def eos_token_ids(directory: Path, prompter: Prompter) -> set[int]:
+    """End-of-turn ids from config.json, generation_config.json and the tokenizer's eos token."""
+    ids = set()
+    for name in ("config.json", "generation_config.json"):
+        if (directory / name).is_file():
+            value = json.loads((directory / name).read_text()).get("eos_token_id")
+            ids |= set(value if isinstance(value, list) else [value] if value is not None else [])
+    eos = prompter.special.get("eos_token")
+    if eos and prompter.tokenizer.token_to_id(eos) is not None:
+        ids.add(prompter.tokenizer.token_to_id(eos))
+    return ids
+
+
+def read_done(output: Path) -> dict[str, str | None]:
+    """query -> translation (None = failed) from the part files of earlier, possibly interrupted, runs."""
+    done = {}
+    for part in sorted(output.parent.glob(output.name + ".rank*.part")):
+        for line in part.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the interruption: that query is redone
+            done[row["query"]] = row["translation"]
+    return done
+
+
+def translate(decoder, prompter: Prompter, queries: list[str], part: Path, batch_size: int,
+              max_new_tokens: int, eos: set[int], pad: int, log) -> None:
+    """Translate `queries` in length-sorted batches, appending each finished batch to `part`."""
+    prompts = sorted(((prompter(q), q) for q in queries), key=lambda p: len(p[0]))
+    if part.exists() and not part.read_bytes().endswith(b"\n"):
+        with part.open("a") as f:
+            f.write("\n")  # end the line an interruption cut short, so the next one starts cleanly
+    began = time.perf_counter()
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p, _ in batch], device=decoder.embed_tokens.weight.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in batch], device=ids.device)
+        try:
+            with torch.autocast(ids.device.type, torch.bfloat16, enabled=ids.device.type == "cuda"):
+                new = generate(decoder, ids, mask, max_new_tokens, eos, pad).tolist()
+            texts = [prompter.decode([t for t in row if t not in eos and t != pad]) or None for row in new]
+        except RuntimeError as e:
+            log(f"batch of {len(batch)} queries failed ({e}); they fall back to the original query")
+            texts = [None] * len(batch)
+        with part.open("a") as f:
+            f.writelines(json.dumps({"query": q, "translation": t}, ensure_ascii=False) + "\n"
+                         for (_, q), t in zip(batch, texts))
+        done = min(start + batch_size, len(prompts))
+        log(f"translated {done}/{len(prompts)} queries ({done / (time.perf_counter() - began):.1f}/s)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=Path, help="competition files (JSON lines or CSV)")
+    parser.add_argument("--model", required=True, help="instruction-tuned checkpoint: local directory or hub id")
+    parser.add_argument("--output", required=True, type=Path, help="the id, translated_query JSON-lines file")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--skip-english", action="store_true", help="rows with language 'en' keep their query")
+    args = parser.parse_args(argv)
+
+    dist = init_distributed()
+    log = (lambda text: print(text, file=sys.stderr, flush=True)) if dist.main else (lambda text: None)
+    records = [r for path in args.files for r in read_records(path, training=False, lowercase=False)]
+    english = {r.query for r in records if args.skip_english and r.language == "en"}
+    done = read_done(args.output)
+    todo = sorted({r.query for r in records} - english - set(done) - {""})
+    log(f"{len(records)} rows, {len(todo)} unique queries to translate ({len(done)} already done)")
+    barrier(dist)  # every rank has read the part files before any rank appends to them
+    if todo:
+        directory = resolve(args.model)
+        prompter = Prompter(directory)
+        decoder = load_pretrained(directory, torch.bfloat16 if dist.device.type == "cuda" else torch.float32,
+                                  dist.device)
+        part = args.output.parent / f"{args.output.name}.rank{dist.rank}.part"
+        pad = decoder.config.pad_token_id or 0
+        translate(decoder, prompter, todo[dist.rank::dist.world_size], part, args.batch_size,
+                  args.max_new_tokens, eos_token_ids(directory, prompter), pad, log)
+    barrier(dist)
+    if dist.main:
+        done = read_done(args.output)
+        failed = {r.id for r in records if r.query not in english and not done.get(r.query)}
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        with tmp.open("w") as f:
+            for r in records:
+                translation = r.query if r.query in english else done.get(r.query) or r.query
+                f.write(json.dumps({"id": r.id, "translated_query": translation}, ensure_ascii=False) + "\n")
+        os.replace(tmp, args.output)
+        log(f"wrote {args.output}: {len(records)} rows, {len(failed)} without a translation (original query kept)")
+    shutdown(dist)
+
+
+if __name__ == "__main__":
+    main()
