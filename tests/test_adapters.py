@@ -3,8 +3,12 @@ import json
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import transformers as tf
 from peft import PeftModel
+from safetensors.torch import load_file
+from torch.distributed.fsdp import fully_shard
 
 from hf_tiny import CONFIGS, save_tiny
 from model.adapters import export_peft, load_adapters, save_adapters
@@ -83,3 +87,22 @@ def test_peft_export_loads_in_peft_with_same_logits(family, tmp_path):
     want = peft(input_ids=IDS, attention_mask=MASK).logits
     assert (ours(IDS, MASK) - want).abs().max() < 1e-4
     assert (peft.merge_and_unload()(input_ids=IDS, attention_mask=MASK).logits - want).abs().max() < 1e-5
+
+
+def save_sharded(rank, base, out):
+    """One of two gloo ranks: FSDP2-shard a trained classifier and save its adapters (collective)."""
+    dist.init_process_group("gloo", init_method=f"file://{out}.store", rank=rank, world_size=2)
+    classifier = trained(base)
+    for block in classifier.model.layers:
+        fully_shard(block)
+    fully_shard(classifier)
+    save_adapters(classifier, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.multiprocess
+def test_save_gathers_fsdp2_shards_on_rank_0(base, tmp_path):
+    mp.start_processes(save_sharded, args=(str(base), str(tmp_path / "out")), nprocs=2, start_method="fork")
+    want = {name: p for name, p in trained(base).named_parameters() if p.requires_grad}
+    got = load_file(tmp_path / "out" / "adapters.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
