@@ -1,0 +1,172 @@
+"""The training loop on a tiny random model: schedules, outputs, exact resume, SIGTERM, NaN, bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.checkpoint import latest_checkpoint
+from train.config import TrainSection, save_config
+from train.loop import lr_at, train
+from train.main import main
+from train_fixtures import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices run fastest, and most steadily on a shared machine, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def final_weights(run_dir) -> dict:
+    ckpt = sorted((Path(run_dir) / "checkpoints").glob("step-*"))[-1]
+    return load_file(ckpt / "adapters.safetensors")
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    ("linear", [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]),
+    ("cosine", [0.5, 1.0, 1.0, 0.8535534, 0.5, 0.1464466]),
+])
+def test_schedules_warm_up_then_decay(schedule, expected):
+    cfg = TrainSection(lr=1.0, schedule=schedule, warmup_ratio=2 / 6)
+    assert [lr_at(s, 6, cfg) for s in range(6)] == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: 2 epochs of 4 steps, LoRA dropout on (so RNG state matters), a checkpoint per step."""
+    tmp = tmp_path_factory.mktemp("loop")
+    cfg = reference_config(tmp)
+    result = train(cfg)
+    return tmp, cfg, result
+
+
+def reference_config(tmp, run_dir="reference"):
+    cfg = tiny_config(tmp, run_dir, epochs=2, save_every=1, eval_every=3, schedule="cosine", warmup_ratio=0.25)
+    cfg.lora.dropout = 0.1
+    return cfg
+
+
+def test_run_directory_holds_config_metrics_checkpoints_and_best(reference, capsys):
+    tmp, cfg, result = reference
+    run = Path(cfg.run_dir)
+    assert (run / "config.yaml").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    valid_rows = [r for r in rows if r["split"] == "valid"]
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    assert [r["step"] for r in valid_rows] == [3, 4, 6, 8]  # every 3 steps and at the end of each epoch
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in train_rows)
+    for key in ("loss", "f1", "precision", "recall", "auc", "f1_en", "f1_fr", "tuned_threshold", "all_positive_f1"):
+        assert key in valid_rows[0], key
+    best = max(valid_rows, key=lambda r: r["f1"])
+    assert result["step"] == best["step"] and result["f1"] == best["f1"]
+    meta = json.loads((run / "best" / "adapters.json").read_text())
+    assert meta["step"] == best["step"] and meta["threshold"] == best["tuned_threshold"]
+    assert meta["r"] == 4 and meta["base_model"] == cfg.model.path
+    assert len(list((run / "checkpoints").glob("step-*"))) == 8  # keep_last=10
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+
+
+def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(reference, tmp_path):
+    tmp, cfg, _ = reference
+    killed = tmp_path / "killed"
+    shutil.copytree(cfg.run_dir, killed)
+    for ckpt in (killed / "checkpoints").glob("step-*"):
+        if int(ckpt.name[5:]) > 5:  # the run died during step 6 of 8 (epoch 2 of 2, batch 2 of 4)
+            shutil.rmtree(ckpt)
+    shutil.rmtree(killed / "best")
+    resumed = reference_config(tmp, str(killed))
+    train(resumed)
+    want, got = final_weights(cfg.run_dir), final_weights(killed)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # lines logged after the checkpoint were dropped, then redone
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(reference, tmp_path):
+    tmp, cfg, _ = reference
+    run = tmp_path / "preempted"
+    save_config(reference_config(tmp, str(run)), tmp_path / "run.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "main.py"), str(tmp_path / "run.yaml")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not (run / "checkpoints" / "step-00000001").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "SIGTERM: stopped after step" in output, output
+    stopped = int(output.split("SIGTERM: stopped after step ")[1].split(";")[0])
+    assert stopped < 8 and latest_checkpoint(run).name == f"step-{stopped:08d}"
+
+    train(reference_config(tmp, str(run)))
+    want, got = final_weights(cfg.run_dir), final_weights(run)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = []
+
+    def poisoned(logits, labels, *args):
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr("train.loop.classification_loss", poisoned)
+    cfg = tiny_config(tmp_path, save_every=1)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3.*step-00000002"):
+        train(cfg)
+    ckpts = sorted(p.name for p in (Path(cfg.run_dir) / "checkpoints").iterdir())
+    assert ckpts == ["step-00000001", "step-00000002"]
+    assert all(t.isfinite().all() for t in final_weights(cfg.run_dir).values())
+
+
+def test_init_from_starts_from_another_runs_adapters(reference, tmp_path):
+    tmp, cfg, _ = reference
+    follow = tiny_config(tmp, str(tmp_path / "follow"), lr=0.0, weight_decay=0.0)
+    follow.init_from = str(Path(cfg.run_dir) / "best")
+    train(follow)
+    want = load_file(Path(cfg.run_dir) / "best" / "adapters.safetensors")
+    got = final_weights(follow.run_dir)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(reference):
+    tmp, cfg, _ = reference
+    cfg = reference_config(tmp)
+    cfg.resume = False
+    with pytest.raises(FileExistsError, match="set resume=true"):
+        train(cfg)
+
+
+def test_cli_names_bad_keys_and_missing_files(reference, tmp_path, capsys):
+    tmp, cfg, _ = reference
+    save_config(cfg, tmp_path / "run.yaml")
+    assert main([str(tmp_path / "run.yaml"), "train.lr_rate=1"]) == 1
+    assert "unknown config key 'train.lr_rate'; did you mean 'train.lr'?" in capsys.readouterr().err
+    assert main([str(tmp_path / "run.yaml"), "data.train=nowhere.jsonl", f"run_dir={tmp_path / 'x'}"]) == 1
+    assert "data.train: file not found: nowhere.jsonl" in capsys.readouterr().err
+
+
+def test_rerunning_a_finished_run_does_no_work_and_says_how_to_get_the_plot(reference, capsys):
+    tmp, cfg, result = reference
+    assert train(cfg) == result
+    err = capsys.readouterr().err
+    assert "step 1/" not in err
+    assert "matplotlib" in err or (Path(cfg.run_dir) / "metrics.png").is_file()

@@ -1,0 +1,272 @@
+"""The training loop: one run directory, from a resolved config to the best validation metrics.
+
+An optimizer step sees batch_size x grad_accum x world_size examples. The loss of every micro-batch is its
+share of the mean over all of them (all ranks, all micro-steps), so the update does not depend on how the
+step is split into ranks and micro-batches; gradients are synchronised only on the last micro-step.
+"""
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from data.batching import BatchSampler, collate_packed, collate_padded, examples
+from data.folds import assign_folds
+from data.inputs import encode, model_family, pad_token_id
+from data.records import read_records
+from model.adapters import load_adapters
+from model.classifier import classification_loss, load_classifier
+from model.loading import resolve
+from model.lora import add_lora
+from train.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from train.config import RunConfig, save_config
+from train.distributed import Dist, all_gather_lists, all_reduce_sum, init_distributed, prepare_model, shutdown
+from train.metrics import best_threshold, classification_metrics
+from train.progress import MetricsLog, Progress, plot
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def lr_at(step: int, total: int, cfg) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then constant / linear / cosine decay."""
+    warmup = round(cfg.warmup_ratio * total)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}
+    return cfg.lr * decay[cfg.schedule]
+
+
+def build_classifier(cfg: RunConfig, device: torch.device):
+    """Pretrained decoder (frozen, in model.dtype) + LoRA + head (float32, trainable), optionally from init_from."""
+    classifier = load_classifier(cfg.model.path, dtype=DTYPES[cfg.model.dtype], device=device)
+    add_lora(classifier, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.targets))
+    if cfg.init_from:
+        load_adapters(classifier, cfg.init_from)
+    return classifier
+
+
+def load_data(cfg: RunConfig, model_type: str):
+    """(train examples, validation examples, id -> language); validation is a file, a fold, or empty."""
+    d = cfg.data
+    for key in ("train", "valid", "translations"):
+        if getattr(d, key) and not Path(getattr(d, key)).is_file():
+            raise FileNotFoundError(f"data.{key}: file not found: {getattr(d, key)}")
+    read = lambda path: read_records(path, d.task or None, d.translations or None, d.lowercase)  # noqa: E731
+    records = read(d.train)
+    if d.valid:
+        train_records, valid_records = records, read(d.valid)
+    elif d.fold >= 0:
+        folds = assign_folds(records, d.n_folds, seed=cfg.train.seed)
+        train_records = [r for r, f in zip(records, folds) if f != d.fold]
+        valid_records = [r for r, f in zip(records, folds) if f == d.fold]
+    else:
+        train_records, valid_records = records, []
+    tokenizer = Tokenizer.from_file(str(resolve(cfg.model.path) / "tokenizer.json"))
+    family = model_family(model_type)
+    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, d.max_length, translate=True))  # noqa: E731
+    languages = {r.id: r.language for r in train_records + valid_records}
+    return encoded(train_records), encoded(valid_records), languages, pad_token_id(tokenizer, family)
+
+
+class StopFlag:
+    """Set by SIGTERM (cluster pre-emption): the loop saves a checkpoint at the end of the step and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self.handle)
+
+    def handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+
+
+def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[float, float, int]:
+    """Forward/backward over this rank's micro-batches, then one optimizer step. Returns the step's global mean
+    loss, the gradient norm and the number of real tokens on this rank."""
+    t = cfg.train
+    weights = torch.tensor(t.class_weights or [1.0, 1.0])
+    weight = lambda labels: float(weights[labels].sum())  # noqa: E731  the denominator torch's mean uses
+    total = float(all_reduce_sum(torch.tensor([sum(weight(b["labels"]) for b in batches)], device=d.device), d))
+    loss_sum, tokens = torch.zeros((), device=d.device), 0
+    for i, batch in enumerate(batches):
+        if d.world_size > 1:
+            model.set_requires_gradient_sync(i == len(batches) - 1)
+        labels = batch["labels"].to(d.device)
+        with torch.autocast(d.device.type, torch.bfloat16, enabled=t.bf16):
+            logits = model(**to_device(batch, d.device))
+        loss = classification_loss(logits, labels, t.class_weights or None, t.label_smoothing)
+        share = weight(batch["labels"]) / total
+        (loss * share * d.world_size).backward()  # FSDP averages gradients over ranks: undo it
+        loss_sum += loss.detach() * share
+        tokens += int((batch["attention_mask"] != 0).sum())
+    loss = float(all_reduce_sum(loss_sum, d))
+    if not math.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return loss, math.nan, tokens
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip > 0 else math.inf)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, float(norm), tokens
+
+
+@torch.no_grad()
+def evaluate(model, valid, languages, pad_id, cfg: RunConfig, d: Dist) -> dict:
+    """Loss and metrics on the validation examples, each rank scoring a shard; every rank gets the result."""
+    model.eval()
+    sampler = BatchSampler([len(e.input_ids) for e in valid], cfg.train.eval_batch_size, shuffle=False,
+                           rank=d.rank, world_size=d.world_size)
+    rows = []
+    for indices in sampler:
+        batch = collate_padded([valid[i] for i in indices], pad_id)
+        with torch.autocast(d.device.type, torch.bfloat16, enabled=cfg.train.bf16):
+            logits = model(**to_device(batch, d.device)).float()
+        labels = batch["labels"].to(d.device)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        probs = logits.softmax(-1)[:, 1]
+        rows += zip(batch["ids"], probs.tolist(), batch["labels"].tolist(), losses.tolist())
+    model.train()
+    unique = {row[0]: row[1:] for row in all_gather_lists(rows, d)}  # the sampler repeats a few examples
+    ids = list(unique)
+    probs, labels, losses = (list(col) for col in zip(*unique.values()))
+    metrics = classification_metrics(probs, labels, [languages[i] for i in ids])
+    metrics["loss"] = sum(losses) / len(losses)
+    metrics["tuned_threshold"] = threshold = best_threshold(probs, labels)
+    metrics["tuned_f1"] = classification_metrics(probs, labels, [languages[i] for i in ids], threshold)["f1"]
+    return metrics
+
+
+def check(cfg: RunConfig) -> None:
+    t = cfg.train
+    for key, value in (("run_dir", cfg.run_dir), ("model.path", cfg.model.path), ("data.train", cfg.data.train)):
+        if not value:
+            raise ValueError(f"config: {key} is required")
+    for key in ("batch_size", "grad_accum", "eval_batch_size", "keep_last"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"config: train.{key} must be >= 1, got {getattr(t, key)}")
+    if t.class_weights and len(t.class_weights) != 2:
+        raise ValueError(f"config: train.class_weights needs 2 values (negative, positive), got {t.class_weights}")
+
+
+def train(cfg: RunConfig) -> dict:
+    """Train one run directory (resuming from its newest checkpoint when asked); returns the best metrics."""
+    check(cfg)
+    d = init_distributed()
+    try:
+        return _train(cfg, d)
+    finally:
+        shutdown(d)
+
+
+def _train(cfg: RunConfig, d: Dist) -> dict:
+    t, run_dir = cfg.train, Path(cfg.run_dir)
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume and latest_checkpoint(run_dir):
+        raise FileExistsError(f"{run_dir} has checkpoints: set resume=true to continue, or choose a new run_dir")
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(t.seed)  # the same LoRA and head initialisation on every rank
+    classifier = build_classifier(cfg, d.device)
+    train_set, valid_set, languages, pad_id = load_data(cfg, classifier.model.config.model_type)
+    model = prepare_model(classifier, d, t.bf16, t.activation_checkpointing)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                  weight_decay=t.weight_decay)
+    per_rank = t.batch_size * t.grad_accum
+    sampler = BatchSampler([len(e.input_ids) for e in train_set], per_rank, seed=t.seed, rank=d.rank,
+                           world_size=d.world_size, drop_last=True)
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training examples are fewer than one optimizer step "
+                         f"(batch_size x grad_accum x ranks = {per_rank * d.world_size})")
+    total = t.max_steps or t.epochs * steps_per_epoch
+    collate = (lambda b: collate_packed(b, pad_id, cfg.data.max_length)) if cfg.data.packing else \
+        (lambda b: collate_padded(b, pad_id))
+
+    torch.manual_seed(t.seed + 1 + d.rank)  # dropout differs between ranks
+    state = {"step": 0, "best_f1": -1.0, "best_step": 0}
+    if resume_from:
+        state = load_checkpoint(resume_from, model, optimizer, d)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    progress = Progress(total, state["step"]) if d.main else None
+    say = progress.message if d.main else (lambda text: None)
+    if d.main:
+        log.truncate_after(state["step"])
+        say(f"{len(train_set)} training / {len(valid_set)} validation examples, {d.world_size} rank(s), "
+            f"{steps_per_epoch} steps per epoch, {total} steps" + (f", resuming from {resume_from}" if resume_from else ""))
+
+    def save(step):
+        path = save_checkpoint(run_dir, step, model, optimizer, state, d, t.keep_last)
+        say(f"step {step}: checkpoint {path}")
+
+    def evaluate_and_keep_best(step):
+        metrics = evaluate(model, valid_set, languages, pad_id, cfg, d)
+        if d.main:
+            log.append(step=step, split="valid", **metrics)
+            say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {metrics['f1']:.4f} (all-positive "
+                f"{metrics['all_positive_f1']:.4f}) AUC {metrics['auc']:.4f}")
+        if metrics["f1"] > state["best_f1"]:
+            save_best(run_dir / "best", model, d, **best_meta(cfg, step, metrics))
+            state.update(best_f1=metrics["f1"], best_step=step, best=metrics)
+
+    stop = StopFlag()
+    try:
+        step, began, tokens = state["step"], time.perf_counter(), 0
+        epoch, position = divmod(step, steps_per_epoch)
+        while step < total:
+            sampler.set_epoch(epoch, position)
+            for indices in sampler:
+                lr = lr_at(step, total, t)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                micro = [collate([train_set[i] for i in indices[j:j + t.batch_size]])
+                         for j in range(0, len(indices), t.batch_size)]
+                loss, norm, step_tokens = train_step(model, optimizer, micro, cfg, d)
+                if not math.isfinite(loss):
+                    last = latest_checkpoint(run_dir)
+                    raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping; the last good "
+                                             f"checkpoint is {last or 'none (no checkpoint was written yet)'}")
+                step, tokens = step + 1, tokens + step_tokens
+                state.update(step=step, epoch=step // steps_per_epoch, batch_in_epoch=step % steps_per_epoch)
+                if d.main:
+                    speed = tokens * d.world_size / (time.perf_counter() - began)
+                    log.append(step=step, split="train", epoch=step / steps_per_epoch, loss=loss, lr=lr,
+                               grad_norm=norm, tokens_per_s=speed)
+                    progress.update(step, loss, lr, speed)
+                epoch_end, last_step = step % steps_per_epoch == 0, step == total
+                if valid_set and (epoch_end or last_step or (t.eval_every and step % t.eval_every == 0)):
+                    evaluate_and_keep_best(step)
+                stopping = bool(all_reduce_sum(torch.tensor([float(stop.requested)], device=d.device), d))
+                if epoch_end or last_step or stopping or (t.save_every and step % t.save_every == 0):
+                    save(step)
+                if stopping:
+                    say(f"SIGTERM: stopped after step {step}; run again with resume=true to continue")
+                    return {"stopped_at": step, **state.get("best", {})}
+                if last_step:
+                    break
+            epoch, position = epoch + 1, 0
+    finally:
+        stop.restore()
+    if not valid_set:
+        save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}))
+    if d.main:
+        say(plot(log, run_dir / "metrics.png"))
+    return {"step": state["best_step"] or step, **state.get("best", {})}
+
+
+def best_meta(cfg: RunConfig, step: int, metrics: dict) -> dict:
+    """What a predictor needs next to the weights (save_adapters adds the LoRA settings)."""
+    return {"step": step, "base_model": cfg.model.path, "threshold": metrics.get("tuned_threshold", 0.5),
+            "metrics": metrics}

@@ -1,0 +1,34 @@
+"""Entry point: `[torchrun --nproc_per_node=N] train/main.py CONFIG.yaml [key.sub=value ...]`."""
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (torchrun train/main.py): make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.config import ConfigError, load_config  # noqa: E402
+from train.loop import train  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Fine-tune a decoder + LoRA + head into a relevance classifier.")
+    parser.add_argument("config", help="YAML run config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.lr=2e-4 run_dir=runs/try")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg)
+    except (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if rank == 0:
+        print("best:", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
