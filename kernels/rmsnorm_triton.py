@@ -78,8 +78,8 @@ class TritonRMSNorm(torch.autograd.Function):
         N, D = rows.shape
         dy = dy.reshape(N, D).contiguous()
         dx = torch.empty_like(rows)
-        programs = min(N, 512)  # enough programs to fill a GPU, few partial dweight rows to sum
-        rows_per_program = triton.cdiv(N, programs)
+        rows_per_program = 16  # enough programs to fill a GPU, few partial dweight rows to sum
+        programs = triton.cdiv(N, rows_per_program)
         partial_dw = torch.empty(programs, D, dtype=torch.float32, device=rows.device)
         block, warps = _launch_config(D)
         _backward[(programs,)](dy, rows, weight, rstd, dx, partial_dw, N, D, rows_per_program,

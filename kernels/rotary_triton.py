@@ -1,4 +1,4 @@
-"""Triton rotary embedding: one kernel for the forward and the backward, one program per row of x.
+"""Triton rotary embedding: one kernel for the forward and the backward, each program rotating a tile of rows.
 
 For the halves x1, x2 of a row and c1, c2, s1, s2 of its cos/sin row (cast to x's dtype, as the reference does):
   forward:   y1 = x1 c1 - x2 s1,   y2 = x2 c2 + x1 s2
@@ -12,12 +12,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _rotary(x_ptr, cos_ptr, sin_ptr, cos_rows_ptr, y_ptr, HALF, BACKWARD: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _rotary(x_ptr, cos_ptr, sin_ptr, cos_rows_ptr, y_ptr, N, HALF,
+            BACKWARD: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    mask = cols < HALF
-    x_first = row * 2 * HALF + cols  # offsets of the first half of the row in x and y
-    cs_first = tl.load(cos_rows_ptr + row) * 2 * HALF + cols  # and in cos and sin
+    mask = (rows < N)[:, None] & (cols < HALF)[None, :]
+    cos_rows = tl.load(cos_rows_ptr + rows, mask=rows < N, other=0)
+    x_first = (rows * 2 * HALF)[:, None] + cols[None, :]  # offsets of the first halves in x and y
+    cs_first = (cos_rows * 2 * HALF)[:, None] + cols[None, :]  # and in cos and sin
     dtype = x_ptr.dtype.element_ty
     x1 = tl.load(x_ptr + x_first, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x_ptr + x_first + HALF, mask=mask, other=0.0).to(tl.float32)
@@ -37,8 +39,11 @@ def _rotate(x, cos, sin, cos_rows, backward: bool):
     D = x.shape[-1]
     rows = x.reshape(-1, D).contiguous()
     y = torch.empty_like(rows)
-    _rotary[(rows.shape[0],)](rows, cos, sin, cos_rows, y, D // 2, BACKWARD=backward,
-                              BLOCK=triton.next_power_of_2(D // 2))
+    block = triton.next_power_of_2(D // 2)
+    rows_per_program = max(1, 2048 // block)  # a tile of about 2048 half-row elements per program
+    grid = (triton.cdiv(rows.shape[0], rows_per_program),)
+    _rotary[grid](rows, cos, sin, cos_rows, y, rows.shape[0], D // 2, BACKWARD=backward, ROWS=rows_per_program,
+                  BLOCK=block)
     return y.view(x.shape)
 
 

@@ -78,7 +78,7 @@ def as_in_decoder(x_shape):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("make_x, cos_shape", [
     (as_in_decoder((2, 3, 5, 10)), (2, 1, 5, 10)),  # the decoder's call; half = 5 is odd
-    (lambda dtype: randn(2, 5, 3, 40, dtype=dtype), (2, 5, 1, 40)),  # rotation before the transpose
+    (lambda dtype: randn(2, 30, 3, 80, dtype=dtype), (2, 30, 1, 80)),  # before the transpose; 180 rows, 6 tiles
     (lambda dtype: randn(7, 6, dtype=dtype), (7, 6)),  # no broadcasting
 ])
 def test_rotary(make_x, cos_shape, dtype):
