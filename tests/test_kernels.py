@@ -80,7 +80,7 @@ def as_in_decoder(x_shape):
     (as_in_decoder((2, 3, 5, 10)), (2, 1, 5, 10)),  # the decoder's call; half = 5 is odd
     (lambda dtype: randn(2, 30, 3, 80, dtype=dtype), (2, 30, 1, 80)),  # before the transpose; 180 rows, 6 tiles
     (lambda dtype: randn(7, 6, dtype=dtype), (7, 6)),  # no broadcasting
-])
+], ids=["decoder", "before-transpose", "same-shape"])
 def test_rotary(make_x, cos_shape, dtype):
     angles = randn(*cos_shape, scale=3.0)
     cos, sin = angles.cos(), angles.sin()
