@@ -111,7 +111,11 @@ class BatchSampler:
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start_step: int = 0):
-        self.epoch, self.start_step = epoch, start_step
+        self.epoch, self.start_step = epoch, 0
+        if not 0 <= start_step <= len(self):
+            raise ValueError(f"start_step {start_step} is outside epoch {epoch} of {len(self)} steps "
+                             "(resumed with another batch size, world size or dataset?)")
+        self.start_step = start_step
 
     def steps(self) -> list[np.ndarray]:
         """All ranks' batches of the epoch: one (world_size, batch) index array per step."""

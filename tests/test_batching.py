@@ -104,6 +104,34 @@ def test_distributed_shards_are_disjoint_and_equal(drop_last):
         assert all(len(b) > 0 for s in shards for b in s)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 9), max_size=60), st.integers(1, 8), st.integers(1, 4), st.booleans(), st.booleans(),
+       st.booleans(), st.integers(0, 3))
+def test_sampler_invariants(lengths, batch_size, world, shuffle, grouped, drop_last, start):
+    def shards(start_step=0):
+        out = []
+        for rank in range(world):
+            sampler = BatchSampler(lengths, batch_size, 5, shuffle, grouped, rank, world, drop_last, megabatch=2)
+            sampler.set_epoch(1, start_step)
+            out.append(list(sampler))
+            assert len(sampler) == len(out[-1])
+        return out
+
+    whole = shards()
+    assert len({len(s) for s in whole}) == 1 and all(0 < len(b) <= batch_size for s in whole for b in s)
+    seen = Counter(i for s in whole for b in s for i in b)
+    n = len(lengths)
+    if drop_last:
+        assert set(seen.values()) <= {1} and sum(seen.values()) == n - n % (batch_size * world)
+    else:
+        assert set(seen) == set(range(n)) and sum(seen.values()) == -(-n // world) * world
+    if start <= len(whole[0]):
+        assert shards(start) == [s[start:] for s in whole]
+    else:
+        with pytest.raises(ValueError, match=f"start_step {start} is outside epoch 1 of {len(whole[0])} steps"):
+            shards(start)
+
+
 def test_resume_mid_epoch_yields_the_remaining_batches():
     sampler = BatchSampler(list(range(1, 60)), 4, seed=7, rank=1, world_size=2)
     sampler.set_epoch(2)
