@@ -101,7 +101,7 @@ def main(argv=None):
     parser.add_argument("--top-level", action="store_true", help="also stratify by top-level category")
     parser.add_argument("--out", type=Path, help="where to write the assignment (default FILE.folds.json)")
     args = parser.parse_args(argv)
-    records = read_records(args.file, training=False)
+    records = read_records(args.file)  # read as training reads it, so the assignment is the one training uses
     folds = assign_folds(records, args.folds, args.levels, args.seed, args.top_level)
     table, _ = fold_stats(records, folds, args.levels)
     print(table)
