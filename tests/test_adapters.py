@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 import transformers as tf
 from peft import PeftModel
 from safetensors.torch import load_file
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from hf_tiny import CONFIGS, save_tiny
@@ -92,10 +93,11 @@ def test_peft_export_loads_in_peft_with_same_logits(family, tmp_path):
 def save_sharded(rank, base, out):
     """One of two gloo ranks: FSDP2-shard a trained classifier and save its adapters (collective)."""
     dist.init_process_group("gloo", init_method=f"file://{out}.store", rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))  # CPU even where CUDA exists (a forked child cannot use it)
     classifier = trained(base)
     for block in classifier.model.layers:
-        fully_shard(block)
-    fully_shard(classifier)
+        fully_shard(block, mesh=mesh)
+    fully_shard(classifier, mesh=mesh)
     save_adapters(classifier, out)
     dist.destroy_process_group()
 
