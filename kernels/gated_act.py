@@ -1,10 +1,10 @@
 """Gated MLP activation act(gate) * up, as the decoder computes it, with a Triton path for CUDA tensors.
 
-act is "silu" (Qwen) or "gelu_tanh" (Gemma's tanh-approximated GELU).
+act is "silu" (Qwen) or "gelu_pytorch_tanh" (Gemma's tanh-approximated GELU).
 """
 import torch.nn.functional as F
 
-ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 def gated_act_reference(gate, up, act: str):

@@ -54,7 +54,7 @@ class TritonGatedAct(torch.autograd.Function):
     def forward(ctx, gate, up, act: str):
         assert gate.shape == up.shape and gate.dtype == up.dtype, "gate and up must match in shape and dtype"
         gate, up = gate.contiguous(), up.contiguous()
-        ctx.gelu = {"silu": False, "gelu_tanh": True}[act]
+        ctx.gelu = {"silu": False, "gelu_pytorch_tanh": True}[act]
         y = torch.empty_like(gate)
         _forward[(triton.cdiv(gate.numel(), BLOCK),)](gate, up, y, gate.numel(), GELU=ctx.gelu, BLOCK=BLOCK)
         ctx.save_for_backward(gate, up)

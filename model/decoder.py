@@ -10,39 +10,30 @@ An ordinary padded batch has 1 on every real token; a packed row (several exampl
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kernels import attention
+from kernels import apply_rotary, attention, gated_act, rms_norm
 from model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, offset: float):
+    """Qwen: weight * norm(x.float()).type_as(x); Gemma (offset 1): (norm(x.float()) * (1 + weight)).type_as(x)."""
+
+    def __init__(self, dim: int, eps: float, offset: float, use_triton: bool | None):
         super().__init__()
-        self.eps, self.offset = eps, offset
+        self.eps, self.offset, self.use_triton = eps, offset, use_triton
         self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x):
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.offset:  # Gemma: scale by (1 + w) in float32, then cast
-            return (h * (self.offset + self.weight.float())).type_as(x)
-        return self.weight * h.type_as(x)  # Qwen: cast, then scale
+        return rms_norm(x, self.weight, self.eps, self.offset, self.use_triton)
 
 
 def rotary(position_ids, head_dim: int, theta: float, scale: float):
-    """cos and sin of shape (B, 1, T, head_dim), computed in float32."""
+    """cos and sin of shape (B, T, 1, head_dim), computed in float32 (they broadcast over heads)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
     freqs = position_ids[..., None].float() * (inv_freq / scale)
-    angles = torch.cat([freqs, freqs], dim=-1)[:, None]
+    angles = torch.cat([freqs, freqs], dim=-1)[:, :, None]
     return angles.cos(), angles.sin()
-
-
-def apply_rotary(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
 def positions_from_mask(mask):
@@ -93,14 +84,14 @@ class Attention(nn.Module):
         self.layer = layer
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
-        self.softcap = cfg.attn_softcap
+        self.softcap, self.use_triton = cfg.attn_softcap, cfg.use_triton
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset, cfg.use_triton)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset, cfg.use_triton)
 
     def forward(self, x, rope, mask, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -109,7 +100,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q.transpose(1, 2), *rope), apply_rotary(k.transpose(1, 2), *rope)
+        q = apply_rotary(q, *rope, use_triton=self.use_triton).transpose(1, 2)
+        k = apply_rotary(k, *rope, use_triton=self.use_triton).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         out = attention(q, k, v, mask[..., -k.shape[2]:], self.scale, self.softcap)
@@ -122,10 +114,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.act = F.silu if cfg.hidden_act == "silu" else lambda x: F.gelu(x, approximate="tanh")
+        self.act, self.use_triton = cfg.hidden_act, cfg.use_triton
 
     def forward(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(gated_act(self.gate_proj(x), self.up_proj(x), self.act, self.use_triton))
 
 
 class Block(nn.Module):
@@ -133,7 +125,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)  # noqa: E731
+        norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, cfg.use_triton)  # noqa: E731
         self.self_attn, self.mlp = Attention(cfg, layer), MLP(cfg)
         self.input_layernorm, self.post_attention_layernorm = norm(), norm()
         self.sandwich = cfg.sandwich_norm
@@ -154,7 +146,7 @@ class Decoder(nn.Module):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, cfg.use_triton)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
