@@ -56,10 +56,10 @@ def test_merged_decoder_loads_in_transformers_and_back(tmp_path):
     add_lora(ours, r=4, alpha=8, targets=("q_proj", "down_proj"))
     randomize_trainable(ours)
     want = ours.lm_logits(ours(IDS, MASK))
-    export_merged(ours, tmp_path / "merged")
+    export_merged(ours, tmp_path / "merged", pad_token_id=7)
 
     hf = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", attn_implementation="eager")
-    assert hf.config.architectures == ["Qwen2ForCausalLM"]
+    assert hf.config.architectures == ["Qwen2ForCausalLM"] and hf.config.pad_token_id == 7
     got = hf(IDS, attention_mask=MASK, position_ids=POSITIONS).logits
     assert (got - want)[MASK.bool()].abs().max() < 1e-4
     back = load_pretrained(tmp_path / "merged")
