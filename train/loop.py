@@ -136,6 +136,8 @@ def evaluate(model, valid, languages, pad_id, cfg: RunConfig, d: Dist) -> dict:
         losses = F.cross_entropy(logits, labels, reduction="none")
         probs = logits.softmax(-1)[:, 1]
         rows += zip(batch["ids"], probs.tolist(), batch["labels"].tolist(), losses.tolist())
+    if d.world_size > 1:
+        model.reshard()  # without a backward, FSDP2 leaves the root's parameters gathered (and not the optimizer's)
     model.train()
     unique = {row[0]: row[1:] for row in all_gather_lists(rows, d)}  # the sampler repeats a few examples
     ids = list(unique)
