@@ -4,6 +4,8 @@ import json
 
 import pytest
 from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Sequence, Split
 
 from data.inputs import close_token_id, encode, model_family, pad_token_id
 from data.records import Record
@@ -68,6 +70,31 @@ def test_wrong_tokenizer_or_family_is_an_error(shared):
         pad_token_id(qwen, "llama")
     with pytest.raises(ValueError, match="max_length=2 leaves no room"):
         encode(qwen, "qwen", RECORDS, 2, False)
+
+
+def word_tokenizer():
+    """One token per space-separated word, plus the special tokens of both templates."""
+    words = ["<pad>", "<eos>", "<bos>", "<|endoftext|>", "[UNK]", "\n", "-", "a", "b", "c"]
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Sequence([Split(" ", behavior="removed"), Split("\n", behavior="isolated")])
+    return tokenizer
+
+
+@pytest.mark.parametrize(
+    "family, max_length, translate, expected",
+    [
+        ("gemma", 100, False, "<bos> a b c \n a b c a b c <eos>"),
+        ("gemma", 10, True, "<bos> a b c - b \n a b <eos>"),  # the target loses its end first
+        ("gemma", 8, True, "<bos> a b c - b \n <eos>"),
+        ("gemma", 6, True, "<bos> a b c \n <eos>"),  # then the query
+        ("qwen", 9, True, "a b c - b \n a b <|endoftext|>"),
+    ],
+)
+def test_template_and_truncation_token_by_token(family, max_length, translate, expected):
+    tok = word_tokenizer()
+    record = Record("1", "QC", "en", "a b c", "a b c a b c", 1, "b")
+    [ids] = encode(tok, family, [record], max_length, translate)
+    assert [tok.id_to_token(i) for i in ids] == expected.split(" ")
 
 
 def test_model_family():
