@@ -173,6 +173,8 @@ class Decoder(nn.Module):
 
     def lm_logits(self, hidden):
         """Language-model logits from hidden states (with Gemma2's final soft-capping)."""
+        if self.lm_head is None and not self.config.tie_word_embeddings:
+            raise RuntimeError("this decoder's LM head was dropped (a SequenceClassifier's decoder has none)")
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         logits = hidden @ weight.T
         if self.config.final_softcap:

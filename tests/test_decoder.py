@@ -97,3 +97,12 @@ def test_sliding_mask_is_causal_windowed_and_within_example():
     assert sliding[3].tolist() == [False, False, True, True, False, False, False]
     assert full[5].tolist() == [False, False, False, False, True, True, False]
     assert full[6].tolist() == [False] * 6 + [True]  # padding attends only to itself
+
+
+def test_untied_decoder_without_lm_head_refuses_lm_logits():
+    from model import Decoder, ModelConfig
+
+    decoder = Decoder(ModelConfig(tie_word_embeddings=False))
+    decoder.lm_head = None  # as a SequenceClassifier leaves it
+    with pytest.raises(RuntimeError, match="LM head was dropped"):
+        decoder.lm_logits(torch.zeros(1, 2, 64))
