@@ -3,11 +3,13 @@
 Segment 1 is the query, or `query + " - " + translation` with translation augmentation; segment 2 is the
 category path (QC) or item title (QI). The templates, for base (not chat) checkpoints:
 
-    qwen:   {segment 1}\\n{segment 2}<|endoftext|>       Qwen has no BOS; pad is <|endoftext|> too
+    qwen:   {segment 1}\\n{segment 2}<|im_end|>           Qwen has no BOS; pad is <|endoftext|>
     gemma:  <bos>{segment 1}\\n{segment 2}<eos>           pad is <pad>
 
-Every row ends in the family's closing token, the one the classifier pools. Rows longer than max_length
-lose the end of segment 2 first, then the end of segment 1; the special tokens and separator always stay.
+Every row ends in the family's closing token, the one the classifier pools. It is never the pad token, so
+transformers' *ForSequenceClassification (which pools the last non-pad token) pools it too in our exports.
+Rows longer than max_length lose the end of segment 2 first, then the end of segment 1; the special tokens
+and separator always stay.
 """
 from dataclasses import dataclass
 
@@ -25,7 +27,7 @@ class Template:
 
 
 TEMPLATES = {
-    "qwen": Template(bos=None, separator="\n", close="<|endoftext|>", pad="<|endoftext|>"),
+    "qwen": Template(bos=None, separator="\n", close="<|im_end|>", pad="<|endoftext|>"),
     "gemma": Template(bos="<bos>", separator="\n", close="<eos>", pad="<pad>"),
 }
 

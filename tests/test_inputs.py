@@ -74,7 +74,7 @@ def test_wrong_tokenizer_or_family_is_an_error(shared):
 
 def word_tokenizer():
     """One token per space-separated word, plus the special tokens of both templates."""
-    words = ["<pad>", "<eos>", "<bos>", "<|endoftext|>", "[UNK]", "\n", "-", "a", "b", "c"]
+    words = ["<pad>", "<eos>", "<bos>", "<|endoftext|>", "<|im_end|>", "[UNK]", "\n", "-", "a", "b", "c"]
     tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = Sequence([Split(" ", behavior="removed"), Split("\n", behavior="isolated")])
     return tokenizer
@@ -87,7 +87,7 @@ def word_tokenizer():
         ("gemma", 10, True, "<bos> a b c - b \n a b <eos>"),  # the target loses its end first
         ("gemma", 8, True, "<bos> a b c - b \n <eos>"),
         ("gemma", 6, True, "<bos> a b c \n <eos>"),  # then the query
-        ("qwen", 9, True, "a b c - b \n a b <|endoftext|>"),
+        ("qwen", 9, True, "a b c - b \n a b <|im_end|>"),
     ],
 )
 def test_template_and_truncation_token_by_token(family, max_length, translate, expected):
