@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
+from data.inputs import TEMPLATES
 from model import Decoder, ModelConfig
 from train.config import RunConfig
 
@@ -23,7 +24,8 @@ HF_CONFIG = dict(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate
 def make_checkpoint(directory: Path) -> Path:
     """A random tiny Qwen3 checkpoint in Hugging Face layout, with a word-level tokenizer.json."""
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = ["<|endoftext|>", "[UNK]", "-", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
+    specials = sorted({t for tpl in TEMPLATES.values() for t in (tpl.bos, tpl.close, tpl.pad) if t})
+    vocab = [*specials, "[UNK]", "-", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
     tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = WhitespaceSplit()
     tokenizer.save(str(directory / "tokenizer.json"))
