@@ -130,7 +130,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
     monkeypatch.setattr("train.loop.classification_loss", poisoned)
     cfg = tiny_config(tmp_path, save_every=1)
-    with pytest.raises(FloatingPointError, match="loss is nan at step 3.*step-00000002"):
+    with pytest.raises(FloatingPointError, match="loss is nan .* at step 3: stopping.*step-00000002"):
         train(cfg)
     ckpts = sorted(p.name for p in (Path(cfg.run_dir) / "checkpoints").iterdir())
     assert ckpts == ["step-00000001", "step-00000002"]
@@ -145,6 +145,13 @@ def test_init_from_starts_from_another_runs_adapters(reference, tmp_path):
     want = load_file(Path(cfg.run_dir) / "best" / "adapters.safetensors")
     got = final_weights(follow.run_dir)
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_resume_with_another_global_batch_is_refused(reference, tmp_path):
+    tmp, cfg, _ = reference
+    shutil.copytree(cfg.run_dir, tmp_path / "copy")
+    with pytest.raises(ValueError, match="written with 8 examples per step, this config has 16"):
+        train(tiny_config(tmp, str(tmp_path / "copy"), grad_accum=2))
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(reference):

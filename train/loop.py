@@ -91,13 +91,13 @@ def to_device(batch: dict, device) -> dict:
 
 
 def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[float, float, int]:
-    """Forward/backward over this rank's micro-batches, then one optimizer step. Returns the step's global mean
-    loss, the gradient norm and the number of real tokens on this rank."""
+    """Forward/backward over this rank's micro-batches, then one optimizer step unless the loss or the gradient
+    is not finite. Returns the step's mean loss, gradient norm and real tokens, over all ranks."""
     t = cfg.train
     weights = torch.tensor(t.class_weights or [1.0, 1.0])
     weight = lambda labels: float(weights[labels].sum())  # noqa: E731  the denominator torch's mean uses
     total = float(all_reduce_sum(torch.tensor([sum(weight(b["labels"]) for b in batches)], device=d.device), d))
-    loss_sum, tokens = torch.zeros((), device=d.device), 0
+    loss_sum, tokens = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
     for i, batch in enumerate(batches):
         if d.world_size > 1:
             model.set_requires_gradient_sync(i == len(batches) - 1)
@@ -108,17 +108,15 @@ def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[floa
         share = weight(batch["labels"]) / total
         (loss * share * d.world_size).backward()  # FSDP averages gradients over ranks: undo it
         loss_sum += loss.detach() * share
-        tokens += int((batch["attention_mask"] != 0).sum())
-    loss = float(all_reduce_sum(loss_sum, d))
-    if not math.isfinite(loss):
-        optimizer.zero_grad(set_to_none=True)
-        return loss, math.nan, tokens
+        tokens += (batch["attention_mask"] != 0).sum()
+    loss, tokens = all_reduce_sum(torch.stack([loss_sum, tokens]), d).tolist()
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip > 0 else math.inf)
-    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-    optimizer.step()
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if math.isfinite(loss) and math.isfinite(norm):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, float(norm), tokens
+    return loss, norm, int(tokens)
 
 
 @torch.no_grad()
@@ -198,9 +196,13 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
         (lambda b: collate_padded(b, pad_id))
 
     torch.manual_seed(t.seed + 1 + d.rank)  # dropout differs between ranks
-    state = {"step": 0, "best_f1": -1.0, "best_step": 0}
+    state = {"step": 0, "best_f1": -1.0, "best_step": 0, "global_batch": per_rank * d.world_size}
     if resume_from:
         state = load_checkpoint(resume_from, model, optimizer, d)
+        if state["global_batch"] != per_rank * d.world_size:
+            raise ValueError(f"{resume_from} was written with {state['global_batch']} examples per step, this "
+                             f"config has {per_rank * d.world_size} (batch_size x grad_accum x ranks): keep the "
+                             f"product to resume, or start a new run_dir")
     log = MetricsLog(run_dir / "metrics.jsonl")
     progress = Progress(total, state["step"]) if d.main else None
     say = progress.message if d.main else (lambda text: None)
@@ -236,14 +238,14 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
                 micro = [collate([train_set[i] for i in indices[j:j + t.batch_size]])
                          for j in range(0, len(indices), t.batch_size)]
                 loss, norm, step_tokens = train_step(model, optimizer, micro, cfg, d)
-                if not math.isfinite(loss):
-                    last = latest_checkpoint(run_dir)
-                    raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping; the last good "
-                                             f"checkpoint is {last or 'none (no checkpoint was written yet)'}")
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    last = latest_checkpoint(run_dir) or "none (no checkpoint was written yet)"
+                    raise FloatingPointError(f"loss is {loss} (gradient norm {norm}) at step {step + 1}: stopping "
+                                             f"without updating the weights; the last good checkpoint is {last}")
                 step, tokens = step + 1, tokens + step_tokens
                 state.update(step=step, epoch=step // steps_per_epoch, batch_in_epoch=step % steps_per_epoch)
                 if d.main:
-                    speed = tokens * d.world_size / (time.perf_counter() - began)
+                    speed = tokens / (time.perf_counter() - began)
                     log.append(step=step, split="train", epoch=step / steps_per_epoch, loss=loss, lr=lr,
                                grad_norm=norm, tokens_per_s=speed)
                     progress.update(step, loss, lr, speed)
