@@ -120,6 +120,17 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(reference, tmp_pat
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 
+def test_packed_rows_train_to_the_same_weights_as_padded_rows(tmp_path):
+    padded = tiny_config(tmp_path, "padded", max_steps=3)
+    packed = tiny_config(tmp_path, "packed", max_steps=3)
+    packed.data.packing = True
+    train(padded)
+    train(packed)
+    want, got = final_weights(padded.run_dir), final_weights(packed.run_dir)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = []
 

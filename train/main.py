@@ -8,7 +8,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (torchrun train/main.py): make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.config import ConfigError, load_config  # noqa: E402
+from train.config import load_config  # noqa: E402
 from train.loop import train  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg)
-    except (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # bad config or data, missing file, NaN loss
         print(f"error: {e}", file=sys.stderr)
         return 1
     if rank == 0:
