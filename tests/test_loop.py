@@ -16,6 +16,7 @@ from train.checkpoint import latest_checkpoint
 from train.config import TrainSection, save_config
 from train.loop import lr_at, train
 from train.main import main
+from train.progress import MetricsLog, plot
 from train_fixtures import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,3 +189,10 @@ def test_rerunning_a_finished_run_does_no_work_and_says_how_to_get_the_plot(refe
     err = capsys.readouterr().err
     assert "step 1/" not in err
     assert "matplotlib" in err or (Path(cfg.run_dir) / "metrics.png").is_file()
+
+
+def test_plot_is_a_png_of_the_logged_curves(reference, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, cfg, _ = reference
+    assert "written" in plot(MetricsLog(Path(cfg.run_dir) / "metrics.jsonl"), tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

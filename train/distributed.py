@@ -26,8 +26,10 @@ def init_distributed() -> Dist:
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    if world_size > 1 and device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device)
+    elif world_size > 1:
+        dist.init_process_group("gloo")
     return Dist(rank=int(os.environ.get("RANK", 0)), world_size=world_size, device=device)
 
 

@@ -209,7 +209,8 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
     if d.main:
         log.truncate_after(state["step"])
         say(f"{len(train_set)} training / {len(valid_set)} validation examples, {d.world_size} rank(s), "
-            f"{steps_per_epoch} steps per epoch, {total} steps" + (f", resuming from {resume_from}" if resume_from else ""))
+            f"{steps_per_epoch} steps per epoch, {total} steps"
+            + (f", resuming from {resume_from}" if resume_from else ""))
 
     def save(step):
         path = save_checkpoint(run_dir, step, model, optimizer, state, d, t.keep_last)
