@@ -1,24 +1,107 @@
-"""Scaled dot-product attention over a boolean mask: PyTorch SDPA where it is exact, eager math otherwise.
+"""Attention within packed examples: PyTorch SDPA where it is exact, FlexAttention on CUDA, eager math otherwise.
 
-q: (B, H, T, D); k, v: (B, H_kv, T, D) with H a multiple of H_kv (grouped-query attention);
-mask: (B, 1, T, T) boolean, True where a query may attend to a key. Every query row must keep at least one key.
+q: (B, H, T, D); k, v: (B, H_kv, S, D) with H a multiple of H_kv (grouped-query attention), S >= T (the
+queries are the last T positions). Which keys a query sees comes from the decoder's example ids (B, S): 0 is
+padding, k > 0 the k-th example of a row. A query attends causally to the keys of its own example, within
+`window` positions when set; a padding query attends to itself only (its output is never used).
+
+`attention_mask` picks the cheapest exact form of that mask for `attention`:
+
+| case                                                   | CUDA                      | CPU                   |
+|--------------------------------------------------------|---------------------------|-----------------------|
+| rows of one example then padding, no window, no cache  | SDPA is_causal (*)        | SDPA is_causal (*)    |
+| packed rows, left padding, sliding windows             | FlexAttention (BlockMask) | SDPA, boolean mask    |
+| tanh soft-capping (Gemma2)                              | FlexAttention (score_mod) | eager, boolean mask   |
+| with a KV cache (generation)                            | SDPA / eager, boolean mask | same                 |
+
+(*) exact on real tokens; padding queries then attend to the real tokens before them (outputs never used).
+FlexAttention has no backward on CPU, so it is only chosen for CUDA tensors (it runs forward on CPU for tests).
 """
+import functools
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 
 def attention(q, k, v, mask, scale: float, softcap: float | None = None):
-    if softcap is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
-    return eager_attention(q, k, v, mask, scale, softcap)
+    """mask: None (causal), a BlockMask, or a boolean (B, 1, T, S') mask with S' >= S (its last S keys are k's)."""
+    if isinstance(mask, BlockMask):
+        return flex(q, k, v, mask, scale, softcap)
+    if mask is not None:
+        mask = mask[..., -k.shape[2]:]
+    if softcap is not None:
+        return eager_attention(q, k, v, mask, scale, softcap)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def attention_mask(ids, window: int | None = None, num_queries: int | None = None, softcap: float | None = None):
+    """The mask `attention` takes for example ids (B, S) and the last num_queries (default S) queries."""
+    T, S = num_queries or ids.shape[1], ids.shape[1]
+    if T < S:
+        return dense_mask(ids, window, T)
+    if window is None and (softcap is None or not ids.is_cuda) and one_example_per_row(ids):
+        return None
+    return block_mask(ids, window) if ids.is_cuda else dense_mask(ids, window, T)
+
+
+def one_example_per_row(ids) -> bool:
+    """Every row is 1, ..., 1, 0, ..., 0: one example, right-padded (or not padded)."""
+    return bool((ids <= 1).all() and (ids[:, 1:] <= ids[:, :-1]).all())
+
+
+def dense_mask(ids, window: int | None = None, num_queries: int | None = None):
+    """Boolean (B, 1, T, S) mask, True where a query may attend to a key."""
+    keys = torch.arange(ids.shape[1], device=ids.device)
+    queries = keys[ids.shape[1] - (num_queries or ids.shape[1]):]
+    distance = queries[:, None] - keys[None, :]
+    same_example = (ids[:, queries, None] == ids[:, None, :]) & (ids[:, None, :] > 0)
+    allowed = same_example & (distance >= 0)
+    if window:
+        allowed &= distance < window
+    return (allowed | (distance == 0))[:, None]
+
+
+def block_mask(ids, window: int | None = None) -> BlockMask:
+    """FlexAttention's block-sparse form of dense_mask (queries = keys): fully masked blocks are skipped."""
+
+    def mask_mod(b, h, q, kv):
+        allowed = (ids[b, q] == ids[b, kv]) & (ids[b, kv] > 0) & (q >= kv)
+        if window:
+            allowed &= q - kv < window
+        return allowed | (q == kv)
+
+    B, T = ids.shape
+    return create_block_mask(mask_mod, B, None, T, T, device=ids.device)
+
+
+@functools.cache
+def compiled_flex_attention():
+    """FlexAttention only runs as a fused kernel when compiled (once per process, then reused)."""
+    return torch.compile(flex_attention)
+
+
+def flex(q, k, v, mask: BlockMask, scale: float, softcap: float | None = None):
+    def capped(score, b, h, q_idx, kv_idx):
+        return torch.tanh(score / softcap) * softcap
+
+    run = compiled_flex_attention() if q.is_cuda else flex_attention
+    return run(q, k, v, score_mod=None if softcap is None else capped, block_mask=mask, scale=scale,
+               enable_gqa=k.shape[1] != q.shape[1])
 
 
 def eager_attention(q, k, v, mask, scale: float, softcap: float | None = None):
-    """Reference path, also the only one for tanh soft-capped logits (Gemma2); softmax in float32."""
+    """Reference path, also the CPU one for tanh soft-capped logits (Gemma2); softmax in float32.
+
+    mask: boolean (B, 1, T, S), or None for causal attention of the last T queries."""
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = (q @ k.transpose(-1, -2)) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
+    if mask is None:
+        T, S = q.shape[2], k.shape[2]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from kernels import apply_rotary, attention, gated_act, rms_norm
+from kernels import apply_rotary, attention, attention_mask, gated_act, rms_norm
 from model.config import ModelConfig
 
 
@@ -45,20 +45,15 @@ def positions_from_mask(mask):
     return (index - first) * (mask > 0)
 
 
-def attention_masks(mask, sliding_window: int | None, num_queries: int | None = None):
-    """Boolean (B, 1, T, S) masks for full and sliding-window layers: causal, within one example.
+def attention_masks(mask, sliding_window: int | None, num_queries: int | None = None, softcap: float | None = None):
+    """Per kind of layer, what kernels.attention takes: causal, within one example, windowed on sliding layers.
 
     `mask` covers all S keys (cached ones first); the queries are its last T = num_queries tokens.
-    Padding queries attend to themselves only, so no row is empty (their outputs are never used).
+    kernels.attention_mask picks the form: None (plain causal), a boolean (B, 1, T, S) mask or a BlockMask.
     """
-    keys = torch.arange(mask.shape[1], device=mask.device)
-    queries = keys[mask.shape[1] - (num_queries or mask.shape[1]):]
-    distance = queries[:, None] - keys[None, :]
-    same_example = (mask[:, queries, None] == mask[:, None, :]) & (mask[:, None, :] > 0)
-    full = (same_example & (distance >= 0)) | (distance == 0)
-    masks = {"full_attention": full[:, None]}
+    masks = {"full_attention": attention_mask(mask, None, num_queries, softcap)}
     if sliding_window:
-        masks["sliding_attention"] = masks["full_attention"] & (distance < sliding_window)
+        masks["sliding_attention"] = attention_mask(mask, sliding_window, num_queries, softcap)
     return masks
 
 
@@ -104,7 +99,7 @@ class Attention(nn.Module):
         k = apply_rotary(k, *rope, use_triton=self.use_triton).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        out = attention(q, k, v, mask[..., -k.shape[2]:], self.scale, self.softcap)
+        out = attention(q, k, v, mask, self.scale, self.softcap)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -162,7 +157,7 @@ class Decoder(nn.Module):
         x = self.embed_tokens(input_ids)
         if cfg.embed_scale:  # the scale is rounded to the activation dtype, as in the reference
             x = x * torch.tensor(math.sqrt(cfg.hidden_size), dtype=x.dtype)
-        masks = attention_masks(mask, cfg.sliding_window, T)
+        masks = attention_masks(mask, cfg.sliding_window, T, cfg.attn_softcap)
         global_rope = rotary(position_ids, cfg.head_dim, cfg.rope_theta, cfg.rope_scale)
         ropes = {"full_attention": global_rope, "sliding_attention": global_rope}
         if cfg.rope_local_theta:

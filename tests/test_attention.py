@@ -1,0 +1,138 @@
+"""Every attention path against the eager reference over the dense mask: forward and gradients on real queries.
+
+The paths: SDPA is_causal (rows of one example), SDPA with a boolean mask (packed, left-padded, windowed, cached
+keys), eager (soft-capping on CPU), FlexAttention (CUDA; its forward also runs on CPU, uncompiled).
+"""
+import pytest
+import torch
+from torch.nn.attention.flex_attention import BlockMask
+
+from kernels.attention import attention, attention_mask, block_mask, dense_mask, eager_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+B, H, H_KV, T, D = 3, 4, 2, 13, 16
+SCALE = D**-0.5
+ROWS = {
+    "one example": [[1] * 13, [1] * 9 + [0] * 4, [1] * 3 + [0] * 10],
+    "left-padded": [[1] * 13, [0] * 4 + [1] * 9, [0] * 10 + [1] * 3],
+    "packed": [[1] * 5 + [2] * 3 + [3] * 5, [1] * 7 + [2] * 4 + [0] * 2, [1] * 2 + [2] * 11],
+}
+CASES = [(rows, window, softcap) for rows in ROWS for window in (None, 4) for softcap in (None, 5.0)]
+needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="FlexAttention has no backward on CPU: runs on CUDA only")
+
+
+def inputs(device=DEVICE, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(B, H, T, D), (B, H_KV, T, D), (B, H_KV, T, D), (B, H, T, D)]
+    q, k, v, dy = (torch.randn(s, generator=gen).to(device, dtype) for s in shapes)
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), dy
+
+
+def output_and_grads(q, k, v, dy, mask, softcap, ids, path=attention):
+    """The output on real queries and the gradients of <output, dy> over real queries (padding's are unspecified)."""
+    out = path(q, k, v, mask, SCALE, softcap)
+    real = (ids[:, -q.shape[2]:] > 0)[:, None, :, None]
+    grads = torch.autograd.grad((out * dy * real).sum(), (q, k, v))
+    return (out * real).float(), [g.float() for g in grads]
+
+
+def assert_close(got, want, atol):
+    (out, grads), (ref_out, ref_grads) = got, want
+    assert (out - ref_out).abs().max() < atol
+    for g, r in zip(grads, ref_grads):
+        assert (g - r).abs().max() < atol
+
+
+def test_dense_mask_matches_its_definition():
+    """Causal, same example, not padding (except each query itself), within the window, for the last T queries."""
+    rows = ROWS["packed"] + ROWS["left-padded"]
+    ids = torch.tensor(rows)
+    for window in (None, 4):
+        for queries in (T, 5, 1):
+            mask = dense_mask(ids, window, queries)
+            assert mask.shape == (6, 1, queries, T)
+            for b in range(6):
+                for i, q in enumerate(range(T - queries, T)):
+                    for kv in range(T):
+                        want = rows[b][q] == rows[b][kv] != 0 and 0 <= q - kv < (window or T) or q == kv
+                        assert bool(mask[b, 0, i, kv]) == want, (b, q, kv, window)
+
+
+def test_mask_form_follows_the_case():
+    ids = torch.tensor(ROWS["one example"])
+    assert attention_mask(ids) is None
+    assert attention_mask(ids, softcap=5.0) is None  # eager on CPU builds the causal mask itself
+    assert attention_mask(ids, window=4).dtype == torch.bool
+    assert attention_mask(torch.tensor(ROWS["packed"])).shape == (B, 1, T, T)
+    assert attention_mask(torch.tensor([[2, 2, 1, 1, 0]])) is not None  # two examples, in decreasing ids
+    assert attention_mask(ids, num_queries=2).shape == (B, 1, 2, T)
+    if DEVICE == "cuda":
+        assert isinstance(attention_mask(ids.cuda(), window=4), BlockMask)
+        assert isinstance(attention_mask(ids.cuda(), softcap=5.0), BlockMask)
+        assert attention_mask(ids.cuda()) is None
+
+
+@pytest.mark.parametrize("rows, window, softcap", CASES, ids=str)
+def test_chosen_path_matches_eager_reference(rows, window, softcap):
+    """The path attention_mask picks on this machine (on CPU: SDPA causal or masked, or eager)."""
+    ids = torch.tensor(ROWS[rows], device=DEVICE)
+    q, k, v, dy = inputs()
+    want = output_and_grads(q, k, v, dy, dense_mask(ids, window), softcap, ids, eager_attention)
+    got = output_and_grads(q, k, v, dy, attention_mask(ids, window, softcap=softcap), softcap, ids)
+    assert_close(got, want, 1e-5)
+
+
+@pytest.mark.parametrize("rows, window, softcap", CASES, ids=str)
+def test_cpu_paths_match_eager_reference(rows, window, softcap):
+    """SDPA with the boolean mask, SDPA causal where it applies, eager: on CPU tensors whatever the machine."""
+    ids = torch.tensor(ROWS[rows])
+    q, k, v, dy = inputs("cpu")
+    want = output_and_grads(q, k, v, dy, dense_mask(ids, window), softcap, ids, eager_attention)
+    assert_close(output_and_grads(q, k, v, dy, dense_mask(ids, window), softcap, ids), want, 1e-5)
+    if rows == "one example" and window is None:
+        assert_close(output_and_grads(q, k, v, dy, None, softcap, ids), want, 1e-5)
+
+
+@pytest.mark.parametrize("queries, keys", [(1, 4), (1, T), (4, T)])
+def test_cached_keys_match_eager_reference(queries, keys):
+    """Generation: the last `queries` positions attend to the last `keys` cached keys (a sliding layer keeps only
+    its window), with the mask over all T positions."""
+    ids = torch.tensor(ROWS["left-padded"], device=DEVICE)
+    window = 4 if keys < T else None
+    q, k, v, dy = inputs()
+    q = q[:, :, -queries:].detach().requires_grad_()
+    want = output_and_grads(q, k, v, dy[:, :, -queries:], dense_mask(ids, window, queries), None, ids,
+                            eager_attention)
+    k_cached, v_cached = k[:, :, -keys:].detach().requires_grad_(), v[:, :, -keys:].detach().requires_grad_()
+    out, (dq, dk, dv) = output_and_grads(q, k_cached, v_cached, dy[:, :, -queries:],
+                                         attention_mask(ids, window, queries), None, ids)
+    assert (out - want[0]).abs().max() < 1e-5
+    assert (dq - want[1][0]).abs().max() < 1e-5
+    assert (dk - want[1][1][:, :, -keys:]).abs().max() < 1e-5
+    assert (dv - want[1][2][:, :, -keys:]).abs().max() < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
+@pytest.mark.parametrize("rows, window, softcap", CASES, ids=str)
+@torch.no_grad()
+def test_flex_forward_on_cpu_matches_eager_reference(rows, window, softcap):
+    """The BlockMask and the soft-capping score_mod, checked without a GPU (uncompiled FlexAttention, forward)."""
+    ids = torch.tensor(ROWS[rows])
+    q, k, v, _ = (t.detach() for t in inputs("cpu"))
+    real = (ids > 0)[:, None, :, None]
+    want = eager_attention(q, k, v, dense_mask(ids, window), SCALE, softcap)
+    got = attention(q, k, v, block_mask(ids, window), SCALE, softcap)
+    assert ((got - want) * real).abs().max() < 1e-5
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)], ids=str)
+@pytest.mark.parametrize("rows, window, softcap", CASES, ids=str)
+def test_flex_on_cuda_matches_eager_reference(rows, window, softcap, dtype, atol):
+    """Compiled FlexAttention, forward and backward; bf16 against the float32 reference (bf16 rounding: 2^-8)."""
+    ids = torch.tensor(ROWS[rows], device="cuda")
+    q, k, v, dy = inputs("cuda")
+    want = output_and_grads(q, k, v, dy, dense_mask(ids, window), softcap, ids, eager_attention)
+    low = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    got = output_and_grads(*low, dy.to(dtype), block_mask(ids, window), softcap, ids)
+    assert_close(got, want, atol)
