@@ -60,7 +60,7 @@ def load_data(cfg: RunConfig, model_type: str):
     if d.valid:
         train_records, valid_records = records, read(d.valid)
     elif d.fold >= 0:
-        folds = assign_folds(records, d.n_folds, seed=cfg.train.seed)
+        folds = assign_folds(records, d.n_folds)  # fixed folds: train.seed changes the run, not the split
         train_records = [r for r, f in zip(records, folds) if f != d.fold]
         valid_records = [r for r, f in zip(records, folds) if f == d.fold]
     else:
