@@ -71,3 +71,19 @@ def test_example_configs_load():
     assert paths
     for path in paths:
         load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run_dir=", "run_dir is required"),
+    ("train.grad_accum=0", "train.grad_accum must be >= 1, got 0"),
+    ("data.fold=5", r"data.fold must be in \[-1, 5\)"),
+    ("train.class_weights=[1]", "train.class_weights needs 2 values"),
+])
+def test_values_a_run_cannot_start_with_are_named(config_file, override, message):
+    cfg = load_config(config_file, ["data.train=train.jsonl", override])
+    with pytest.raises(ConfigError, match=message):
+        cfg.check()
+
+
+def test_a_complete_config_passes_the_check(config_file):
+    load_config(config_file, ["data.train=train.jsonl"]).check()

@@ -72,6 +72,21 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
 
+    def check(self) -> None:
+        """Values a run cannot start with; each error names the key."""
+        t = self.train
+        for key, value in (("run_dir", self.run_dir), ("model.path", self.model.path), ("data.train", self.data.train)):
+            if not value:
+                raise ConfigError(f"{key} is required")
+        for key in ("batch_size", "grad_accum", "eval_batch_size", "keep_last", "epochs"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+        if not self.data.valid and not -1 <= self.data.fold < self.data.n_folds:
+            raise ConfigError(f"data.fold must be in [-1, {self.data.n_folds}) (-1: no validation), "
+                              f"got {self.data.fold}")
+        if t.class_weights and len(t.class_weights) != 2:
+            raise ConfigError(f"train.class_weights needs 2 values (negative, positive), got {t.class_weights}")
+
 
 def _coerce(value, kind, key: str):
     """`value` as type `kind`; strings from the command line are parsed."""

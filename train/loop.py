@@ -50,7 +50,8 @@ def build_classifier(cfg: RunConfig, device: torch.device):
 
 
 def load_data(cfg: RunConfig, model_type: str):
-    """(train examples, validation examples, id -> language); validation is a file, a fold, or empty."""
+    """(train examples, validation examples, id -> language, pad id); validation is a file, a fold, or empty.
+    Queries carry their English translation when the records have one (data.translations or a column)."""
     d = cfg.data
     for key in ("train", "valid", "translations"):
         if getattr(d, key) and not Path(getattr(d, key)).is_file():
@@ -147,21 +148,9 @@ def evaluate(model, valid, languages, pad_id, cfg: RunConfig, d: Dist) -> dict:
     return metrics
 
 
-def check(cfg: RunConfig) -> None:
-    t = cfg.train
-    for key, value in (("run_dir", cfg.run_dir), ("model.path", cfg.model.path), ("data.train", cfg.data.train)):
-        if not value:
-            raise ValueError(f"config: {key} is required")
-    for key in ("batch_size", "grad_accum", "eval_batch_size", "keep_last"):
-        if getattr(t, key) < 1:
-            raise ValueError(f"config: train.{key} must be >= 1, got {getattr(t, key)}")
-    if t.class_weights and len(t.class_weights) != 2:
-        raise ValueError(f"config: train.class_weights needs 2 values (negative, positive), got {t.class_weights}")
-
-
 def train(cfg: RunConfig) -> dict:
     """Train one run directory (resuming from its newest checkpoint when asked); returns the best metrics."""
-    check(cfg)
+    cfg.check()
     d = init_distributed()
     try:
         return _train(cfg, d)
