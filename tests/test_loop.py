@@ -61,7 +61,7 @@ def reference_config(tmp, run_dir="reference"):
     return cfg
 
 
-def test_run_directory_holds_config_metrics_checkpoints_and_best(reference, capsys):
+def test_run_directory_holds_config_metrics_checkpoints_and_best(reference):
     tmp, cfg, result = reference
     run = Path(cfg.run_dir)
     assert (run / "config.yaml").is_file()
