@@ -1,13 +1,17 @@
 """Every attention path against the eager reference over the dense mask: forward and gradients on real queries.
 
 The paths: SDPA is_causal (rows of one example), SDPA with a boolean mask (packed, left-padded, windowed, cached
-keys), eager (soft-capping on CPU), FlexAttention (CUDA; its forward also runs on CPU, uncompiled).
+keys), eager (soft-capping on CPU), FlexAttention (CUDA; its forward also runs on CPU, uncompiled). Then the
+classifier end to end: a packed batch gives every example the logits it gets in a padded batch.
 """
 import pytest
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
+from data.batching import Example, collate_packed, collate_padded
+from hf_tiny import FAMILIES, save_tiny
 from kernels.attention import attention, attention_mask, block_mask, dense_mask, eager_attention
+from model.classifier import load_classifier
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, H_KV, T, D = 3, 4, 2, 13, 16
@@ -63,6 +67,7 @@ def test_mask_form_follows_the_case():
     assert attention_mask(ids) is None
     assert attention_mask(ids, softcap=5.0) is None  # eager on CPU builds the causal mask itself
     assert attention_mask(ids, window=4).dtype == torch.bool
+    assert attention_mask(ids, window=T) is None  # a window as long as the rows cuts nothing
     assert attention_mask(torch.tensor(ROWS["packed"])).shape == (B, 1, T, T)
     assert attention_mask(torch.tensor([[2, 2, 1, 1, 0]])) is not None  # two examples, in decreasing ids
     assert attention_mask(ids, num_queries=2).shape == (B, 1, 2, T)
@@ -136,3 +141,44 @@ def test_flex_on_cuda_matches_eager_reference(rows, window, softcap, dtype, atol
     low = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     got = output_and_grads(*low, dy.to(dtype), block_mask(ids, window), softcap, ids)
     assert_close(got, want, atol)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def checkpoint(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    save_tiny(request.param, path)
+    return path
+
+
+def logits_by_id(model, batch) -> dict:
+    with torch.no_grad():
+        out = model(*(batch[key].to(DEVICE) for key in ("input_ids", "attention_mask", "position_ids")))
+    return dict(zip(batch["ids"], out.float()))
+
+
+def packed_and_padded_errors(checkpoint, dtype):
+    """max |logits - float32 padded logits| of the packed and of the padded batch, the model in `dtype`."""
+    gen = torch.Generator().manual_seed(0)
+    data = [Example(str(i), torch.randint(1, 97, (n,), generator=gen).tolist(), 0)
+            for i, n in enumerate((9, 3, 6, 2, 7, 5))]
+    torch.manual_seed(0)  # the same fresh score head in both models
+    truth = logits_by_id(load_classifier(checkpoint, device=DEVICE), collate_padded(data, 0))
+    torch.manual_seed(0)
+    model = load_classifier(checkpoint, dtype=dtype, device=DEVICE)
+    with torch.autocast(DEVICE, torch.bfloat16, enabled=dtype == torch.bfloat16):
+        packed = logits_by_id(model, collate_packed(data, 0, row_tokens=12))
+        padded = logits_by_id(model, collate_padded(data, 0))
+    assert len(collate_packed(data, 0, row_tokens=12)["input_ids"]) < len(data)
+    return [max(float((logits[i] - truth[i]).abs().max()) for i in truth) for logits in (packed, padded)]
+
+
+def test_packed_logits_equal_padded_logits(checkpoint):
+    """float32: packed rows (Flex on CUDA, SDPA masked on CPU) against padded ones (SDPA is_causal)."""
+    packed_error, padded_error = packed_and_padded_errors(checkpoint, torch.float32)
+    assert packed_error < 1e-4 and padded_error == 0
+
+
+def test_packed_logits_in_bfloat16_as_close_as_padded(checkpoint):
+    """bf16 weights and autocast: packing adds no error beyond bf16 rounding (1.5x the padded batch's, + 1e-2)."""
+    packed_error, padded_error = packed_and_padded_errors(checkpoint, torch.bfloat16)
+    assert packed_error <= 1.5 * padded_error + 1e-2, (packed_error, padded_error)
