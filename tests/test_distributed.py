@@ -7,6 +7,7 @@ micro-batch, a wrong normaliser) moves weights by about the learning rate, 1e-2.
 """
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -43,11 +44,12 @@ def weights(cfg) -> dict:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
-    """2 ranks x batch 4 == 1 rank x batch 8 == 1 rank x batch 2 x accumulation 4, after 4 optimizer steps.
+    """2 ranks x batch 4 == 1 rank x batch 8 == 1 rank x batch 2 x accumulation 4, after 4 optimizer steps;
+    so does a 1-rank run resumed from the 2-rank run's checkpoint at step 2.
 
     Also runs, on the same 2 ranks, a bf16 run (bf16 base weights, bf16 autocast and FSDP compute, activation
     checkpointing) that must train to finite weights and evaluate like the others."""
-    common = dict(epochs=1, clip=0.5, weight_decay=0.01, schedule="linear", warmup_ratio=0.25)
+    common = dict(epochs=1, clip=0.5, weight_decay=0.01, schedule="linear", warmup_ratio=0.25, save_every=2)
     sharded = tiny_config(tmp_path, "ranks2_batch4", batch_size=4, **common)
     mixed = tiny_config(tmp_path, "ranks2_bf16", batch_size=4, bf16=True, activation_checkpointing=True, **common)
     mixed.model.dtype = "bfloat16"
@@ -59,7 +61,10 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
     train(accumulated)
 
     reference = weights(tiny_config(tmp_path, "rank1_batch8"))
-    for other in (sharded, accumulated):
+    shutil.copytree(sharded.run_dir, tmp_path / "resumed_on_1_rank", ignore=shutil.ignore_patterns("step-00000004"))
+    resumed = tiny_config(tmp_path, "resumed_on_1_rank", batch_size=8, **common)
+    train(resumed)  # the checkpoint of step 2 was written by 2 FSDP ranks
+    for other in (sharded, accumulated, resumed):
         got = weights(other)
         worst = max(float((got[k] - reference[k]).abs().max()) for k in reference)
         print(f"{other.run_dir}: max |diff| vs 1 rank x batch 8 = {worst:.2e}")
