@@ -70,8 +70,8 @@ def block_mask(ids, window: int | None = None) -> BlockMask:
 
     def mask_mod(b, h, q, kv):
         allowed = (ids[b, q] == ids[b, kv]) & (ids[b, kv] > 0) & (q >= kv)
-        if window:
-            allowed &= q - kv < window
+        if window:  # no in-place ops here: compiled FlexAttention lowers this function to pointwise code
+            allowed = allowed & (q - kv < window)
         return allowed | (q == kv)
 
     B, T = ids.shape
