@@ -28,12 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(rank, world_size, port, configs):
+def worker(rank, world_size, ports, configs):
     """One rank of a torchrun-like launch: the environment torchrun would set, then train each config."""
     torch.set_num_threads(1)
-    for i, cfg in enumerate(configs):
+    for port, cfg in zip(ports, configs):
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port + i))
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         train(cfg)
 
 
@@ -53,7 +53,7 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
     sharded = tiny_config(tmp_path, "ranks2_batch4", batch_size=4, **common)
     mixed = tiny_config(tmp_path, "ranks2_bf16", batch_size=4, bf16=True, activation_checkpointing=True, **common)
     mixed.model.dtype = "bfloat16"
-    mp.spawn(worker, args=(2, free_port(), [sharded, mixed]), nprocs=2)
+    mp.spawn(worker, args=(2, [free_port(), free_port()], [sharded, mixed]), nprocs=2)
 
     torch.set_num_threads(1)
     one = train(tiny_config(tmp_path, "rank1_batch8", batch_size=8, **common))
