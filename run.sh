@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one entry point: ./run.sh test
+# The one entry point: ./run.sh test | ./run.sh demo
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,8 +26,13 @@ case "${1:-}" in
         setup_env
         exec "$PY" -m pytest tests "$@"
         ;;
+    demo)
+        shift
+        setup_env
+        exec "$PY" -m train.demo "$@"
+        ;;
     *)
-        echo "usage: ./run.sh test [pytest args]" >&2
+        echo "usage: ./run.sh test [pytest args] | ./run.sh demo [key.sub=value ...]" >&2
         exit 2
         ;;
 esac

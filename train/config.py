@@ -1,5 +1,6 @@
 """The typed run config: YAML sections -> dataclasses, `key.sub=value` overrides, unknown keys rejected."""
 import difflib
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -63,6 +64,24 @@ class TrainSection:
 
 
 @dataclass
+class StageSection:
+    """One stage of the recipe (train/recipe.py): its runs use the top-level sections with these overrides."""
+    name: str = ""
+    folds: Literal["full"] | list[int] = "full"  # "full": all data, no validation; or the folds to train
+    init_from: str = ""  # an earlier stage whose adapters + head this one starts from
+    data: dict = field(default_factory=dict)  # overrides of the data section, e.g. {train: ..., task: QC}
+    train: dict = field(default_factory=dict)  # overrides of the train section, e.g. {epochs: 1}
+
+
+@dataclass
+class PredictSection:
+    files: list[str] = field(default_factory=list)  # dev/test files; each is predicted by its task's fold models
+    ensemble: Literal["mean", "vote"] = "mean"
+    batch_size: int = 64
+    out_dir: str = ""  # default: run_dir/submission
+
+
+@dataclass
 class RunConfig:
     run_dir: str = ""
     resume: bool = True  # continue from the newest complete checkpoint in run_dir
@@ -71,6 +90,8 @@ class RunConfig:
     lora: LoraSection = field(default_factory=LoraSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+    stages: list[StageSection] = field(default_factory=list)  # empty: one run, as configured above
+    predict: PredictSection = field(default_factory=PredictSection)
 
     def check(self) -> None:
         """Values a run cannot start with; each error names the key."""
@@ -91,6 +112,16 @@ class RunConfig:
 def _coerce(value, kind, key: str):
     """`value` as type `kind`; strings from the command line are parsed."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if is_dataclass(kind):
+        return _build(kind, value or {}, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e).removeprefix(f"{key}: "))
+        raise ConfigError(f"{key}: {' or '.join(errors)}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
@@ -154,6 +185,11 @@ def _set(raw: dict, dotted: str, value: str):
         if not isinstance(raw, dict):
             raise ConfigError(f"override {dotted}: '{name}' is not a section")
     raw[last] = value
+
+
+def merge_section(section, overrides: dict, key: str):
+    """A copy of the dataclass `section` with `overrides` applied; an unknown key fails naming `key`."""
+    return _build(type(section), {**asdict(section), **overrides}, key + ".")
 
 
 def load_config(path, overrides: typing.Sequence[str] = ()) -> RunConfig:

@@ -48,14 +48,14 @@ def query(rng: random.Random, product: str, language: str) -> tuple[str, str]:
             " ".join(word(w, "en") for w in reversed(words)))
 
 
-def rows(rng: random.Random, task: str, n: int, languages, prefix: str, labelled: bool) -> list[dict]:
+def rows(rng: random.Random, task: str, n: int, languages, first_id: int, labelled: bool) -> list[dict]:
     out = []
-    for i in range(n):
+    for i in range(first_id, first_id + n):
         product, language = rng.choice(list(PRODUCTS)), rng.choice(languages)
         text, english = query(rng, product, language)
         relevant = rng.random() < 0.65
         other = product if relevant else rng.choice([p for p in PRODUCTS if p != product])
-        row = {"id": f"{prefix}{i}", "task": task, "language": language, "origin_query": text}
+        row = {"id": str(i), "task": task, "language": language, "origin_query": text}
         if task == "QC":
             row["category_path"] = PRODUCTS[other][0]
         else:
@@ -70,10 +70,11 @@ def write(out_dir, seed: int = 0, n_train: int = 400, n_test: int = 120) -> None
     """train_QC.txt, train_QI.txt, test_QC.txt, test_QI.txt and translations.jsonl under out_dir."""
     rng, out_dir = random.Random(seed), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    translations = []
+    translations, first_id = [], 0
     for task in ("QC", "QI"):
         for split, n, languages in (("train", n_train, LANGUAGES[:-1]), ("test", n_test, LANGUAGES)):
-            generated = rows(rng, task, n, languages, f"{split}-{task}-", labelled=split == "train")
+            generated = rows(rng, task, n, languages, first_id, labelled=split == "train")
+            first_id += n
             with (out_dir / f"{split}_{task}.txt").open("w") as f:
                 f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row, _ in generated)
             translations += [{"id": row["id"], "translated_query": english} for row, english in generated]

@@ -1,4 +1,7 @@
-"""Entry point: `[torchrun --nproc_per_node=N] train/main.py CONFIG.yaml [key.sub=value ...]`."""
+"""Entry point: `[torchrun --nproc_per_node=N] train/main.py CONFIG.yaml [key.sub=value ...]`.
+
+A config with `stages` runs the whole recipe (train/recipe.py); without, it trains one run directory.
+"""
 import argparse
 import logging
 import os
@@ -10,6 +13,7 @@ if __package__ in (None, ""):  # run as a script (torchrun train/main.py): make 
 
 from train.config import load_config  # noqa: E402
 from train.loop import train  # noqa: E402
+from train.recipe import run_recipe  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -21,6 +25,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        if cfg.stages:
+            run_recipe(cfg, rank)
+            return 0
         result = train(cfg)
     except (ValueError, OSError, FloatingPointError) as e:  # bad config or data, missing file, NaN loss
         print(f"error: {e}", file=sys.stderr)

@@ -32,21 +32,23 @@ def load_fold_model(best_dir, dtype, device):
 def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16: bool) -> dict[str, float]:
     """id -> P(relevant), in batches of similar length (little padding), with a progress line."""
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    probs = {}
+    probs, tty = {}, sys.stderr.isatty()
     for start in range(0, len(order), batch_size):
         batch = collate_padded([items[i] for i in order[start:start + batch_size]], pad_id)
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
         with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
             logits = classifier(**inputs).float()
         probs.update(zip(batch["ids"], logits.softmax(-1)[:, 1].tolist()))
-        print(f"\rpredicting {len(probs)}/{len(items)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if tty:
+            print(f"\rpredicting {len(probs)}/{len(items)}", end="", file=sys.stderr, flush=True)
+    print(("\r" if tty else "") + f"predicted {len(probs)} rows", file=sys.stderr)
     return probs
 
 
-def predict_fold(best_dir, files, translations: str, max_length: int, lowercase: bool, out_dir, batch_size: int,
-                 device, dtype, bf16: bool) -> tuple[dict[str, float], float]:
-    """Probabilities of one fold model over `files` (cached in out_dir/probabilities.jsonl) and its threshold."""
+def predict_fold(best_dir, files, task: str, translations: str, max_length: int, lowercase: bool, out_dir,
+                 batch_size: int, device, dtype, bf16: bool) -> tuple[dict[str, float], float]:
+    """Probabilities of one fold model over the rows of `files`, all of `task` (cached in
+    out_dir/probabilities.jsonl), and the model's tuned threshold."""
     cache = Path(out_dir) / "probabilities.jsonl"
     info = json.loads((Path(best_dir) / "adapters.json").read_text())
     if cache.is_file():
@@ -54,7 +56,7 @@ def predict_fold(best_dir, files, translations: str, max_length: int, lowercase:
     classifier, info = load_fold_model(best_dir, dtype, device)
     family = model_family(classifier.model.config.model_type)
     tokenizer = Tokenizer.from_file(str(resolve(info["base_model"]) / "tokenizer.json"))
-    records = [r for f in files for r in read_records(f, None, translations or None, lowercase, training=False)]
+    records = [r for f in files for r in read_records(f, task, translations or None, lowercase, training=False)]
     items = examples(records, encode(tokenizer, family, records, max_length, translate=True))
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, bf16)
     cache.parent.mkdir(parents=True, exist_ok=True)
