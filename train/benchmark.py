@@ -1,0 +1,232 @@
+"""Training speed: this project (padded, packed) against transformers + PEFT, on the same model and examples.
+
+    python -m train.benchmark [--model-shape qwen3-tiny] [--steps 20] [--batch-size 16] [--device cpu]
+
+One random-weight checkpoint of the shape, saved once; 50 x batch-size random examples of the QC sample (one
+megabatch of data.BatchSampler), tokenized with the family's tokenizer (max_length 128). Every configuration
+trains LoRA (r 16, alpha 32, dropout 0.05, all projections) and the score head with AdamW, clipping at 1.0, for
+`warmup` steps, then `steps` timed steps; all configurations see the same examples in their warmup and in their
+timed steps. Each runs in its own process, so that peak memory is its own:
+
+    transformers + PEFT      AutoModelForSequenceClassification (SDPA) + get_peft_model; batches in random order
+                             padded to their longest row (DataCollatorWithPadding, as HF Trainer does by default)
+    transformers + PEFT, grouped   the same with length-grouped batches (Trainer's group_by_length)
+    ours, padded             data.BatchSampler's length-grouped batches, collate_padded
+    ours, packed             the same batches, collate_packed into rows of at most max_length tokens
+
+On CPU everything runs in float32 (bf16 matmuls have no hardware support on most CPUs and are slower); on CUDA
+the base weights are bf16 and compute runs under bf16 autocast, LoRA and head weights float32, on both sides.
+Real tokens/s counts non-pad tokens; MFU (CUDA) = 4 x non-embedding parameters x real tokens/s (forward, and
+the input gradients of the backward: frozen weights get none; attention's own FLOPs left out) / peak bf16 FLOP/s.
+"""
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.batching import BatchSampler, Example, collate_packed, collate_padded
+from data.inputs import encode, pad_token_id
+from data.records import read_records
+
+SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's and gemma-3-1b-pt's
+    "qwen3-tiny": dict(model_type="qwen3", vocab_size=151936, hidden_size=512, intermediate_size=1536,
+                       num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                       rope_theta=1e6, tie_word_embeddings=True),
+    "gemma3-tiny": dict(model_type="gemma3_text", vocab_size=262144, hidden_size=512, intermediate_size=2048,
+                        num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=1, head_dim=128,
+                        query_pre_attn_scalar=128, sliding_window=512),
+    "qwen3-0.6b": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       rope_theta=1e6, tie_word_embeddings=True),
+    "gemma3-1b": dict(model_type="gemma3_text", vocab_size=262144, hidden_size=1152, intermediate_size=6912,
+                      num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                      query_pre_attn_scalar=256, sliding_window=512),
+}
+CONFIGS = ["transformers + PEFT", "transformers + PEFT, grouped", "ours, padded", "ours, packed"]
+MEGABATCH = 50  # steps whose examples data.BatchSampler sorts by length together (its default)
+LORA = dict(r=16, alpha=32, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"))
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
+TOKENIZERS = {"qwen3": ("qwen", "qwen3"), "gemma3_text": ("gemma", "gemma3")}  # model_type: family, folder
+
+
+def prepare(args, directory: Path):
+    """Save the random checkpoint and the examples' token ids (warmup, then timed) under `directory`."""
+    import transformers as tf
+    from tokenizers import Tokenizer
+
+    shape = SHAPES[args.model_shape]
+    fam, folder = TOKENIZERS[shape["model_type"]]
+    tokenizer = Tokenizer.from_file(str(args.shared / "tokenizers" / folder / "tokenizer.json"))
+    records = read_records(args.shared / "data" / "qc_sample.jsonl")
+    ids = encode(tokenizer, fam, records, args.max_length, translate=False)
+    pad = pad_token_id(tokenizer, fam)
+    order = np.random.default_rng(0).permutation(len(ids))[: MEGABATCH * args.batch_size]
+    data = [[records[i].id, ids[i], records[i].label] for i in order]
+    (directory / "examples.json").write_text(json.dumps({"pad": pad, "examples": data}))
+    torch.manual_seed(0)
+    config = tf.AutoConfig.for_model(**shape, num_labels=2, pad_token_id=pad)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    with torch.device(args.device):
+        model = tf.AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+    model.save_pretrained(directory / "model")
+    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    return sum(p.numel() for p in model.parameters()), non_embedding
+
+
+def batches(name: str, data: list, pad: int, args) -> list[dict]:
+    """`warmup` then `steps` batches of one training megabatch, length-grouped by data.BatchSampler as in
+    training; the random-order configuration gets the same examples (warmup, then timed) shuffled into batches."""
+    rows = [Example(*e) for e in data]
+    steps = list(BatchSampler([len(e.input_ids) for e in rows], args.batch_size, megabatch=MEGABATCH))
+    steps = steps[: args.warmup + args.steps]
+    if name == "transformers + PEFT":
+        rng = np.random.default_rng(0)
+        parts = (steps[: args.warmup], steps[args.warmup:])
+        steps = [s for part in parts for s in np.array_split(rng.permutation(np.concatenate(part)), len(part))]
+    if name == "ours, packed":
+        return [collate_packed([rows[i] for i in s], pad, args.max_length) for s in steps]
+    return [collate_padded([rows[i] for i in s], pad) for s in steps]
+
+
+def build(name: str, directory: Path, device: str):
+    """(model, forward(batch) -> logits) for a configuration."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if name.startswith("ours"):
+        from model.classifier import load_classifier
+        from model.lora import add_lora
+
+        model = load_classifier(directory / "model", dtype=dtype, device=device)
+        add_lora(model, LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"])
+        return model, lambda b: model(b["input_ids"], b["attention_mask"], b["position_ids"])
+    import peft
+    import transformers as tf
+
+    tf.logging.set_verbosity_error()
+    model = tf.AutoModelForSequenceClassification.from_pretrained(directory / "model", dtype=dtype,
+                                                                  attn_implementation="sdpa").to(device)
+    config = peft.LoraConfig(task_type="SEQ_CLS", r=LORA["r"], lora_alpha=LORA["alpha"],
+                             lora_dropout=LORA["dropout"], target_modules=list(LORA["targets"]))
+    model = peft.get_peft_model(model, config)
+    return model, lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"].clamp(max=1)).logits
+
+
+def run_one(name: str, directory: Path, args) -> dict:
+    """Train `name` in this process; its speed and peak memory."""
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = json.loads((directory / "examples.json").read_text())
+    all_batches = batches(name, spec["examples"], spec["pad"], args)
+    model, forward = build(name, directory, args.device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    cuda = args.device == "cuda"
+    tensors = [{k: v.to(args.device) for k, v in b.items() if k != "ids"} for b in all_batches]
+    loaded_peak = peak_memory(cuda)
+    reset_peak_memory(cuda)
+    for i, batch in enumerate(tensors):
+        if i == args.warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast(args.device, torch.bfloat16, enabled=cuda):
+            logits = forward(batch)
+        F.cross_entropy(logits.float(), batch["labels"]).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    timed = all_batches[args.warmup:]
+    return {
+        "examples": sum(len(b["labels"]) for b in timed), "seconds": seconds,
+        "tokens": sum(int((b["attention_mask"] > 0).sum()) for b in timed),
+        "slots": sum(b["input_ids"].numel() for b in timed),
+        "peak_mib": max(loaded_peak, peak_memory(cuda)), "train_peak_mib": peak_memory(cuda),
+    }
+
+
+def peak_memory(cuda: bool) -> float:
+    """MiB: the most GPU memory allocated, or the process's peak resident set (VmHWM), since the last reset."""
+    if cuda:
+        return torch.cuda.max_memory_allocated() / 2**20
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def reset_peak_memory(cuda: bool):
+    """From here on, the peak counts only what is in use now and what is allocated later."""
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current resident set
+
+
+def table(results: dict, params: int, non_embedding: int, args) -> str:
+    """Rows of results; ratios are against the first configuration (transformers + PEFT, random order)."""
+    cuda = args.device == "cuda"
+    device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads or torch.get_num_threads()} threads"
+    peak_flops = next((f for name, f in PEAK_BF16_FLOPS.items() if name in device), None)
+    base = results[CONFIGS[0]]
+    lines = [f"{args.model_shape}: {params / 1e6:.1f}M parameters ({non_embedding / 1e6:.1f}M without embeddings), "
+             f"{device}, {'bf16 autocast' if cuda else 'float32'}, {args.batch_size} examples per step, "
+             f"{args.steps} timed steps after {args.warmup}, torch {torch.__version__}",
+             f"memory: peak {'GPU memory allocated' if cuda else 'resident set (RSS)'} in MiB over the whole process "
+             f"(loading included) and from the first step",
+             f"{'configuration':<29} {'examples/s':>10} {'tokens/s':>9} {'padding':>7} {'peak':>6} {'steps':>6} "
+             f"{'MFU':>5} {'x examples/s':>12} {'x peak':>6} {'x steps':>7}"]
+    for name, r in results.items():
+        speed, tokens = r["examples"] / r["seconds"], r["tokens"] / r["seconds"]
+        mfu = f"{100 * 4 * non_embedding * tokens / peak_flops:4.1f}%" if peak_flops else "-"
+        lines.append(f"{name:<29} {speed:>10.1f} {tokens:>9.0f} {100 * (1 - r['tokens'] / r['slots']):>6.1f}% "
+                     f"{r['peak_mib']:>6.0f} {r['train_peak_mib']:>6.0f} {mfu:>5} "
+                     f"{speed / (base['examples'] / base['seconds']):>11.2f}x {r['peak_mib'] / base['peak_mib']:>5.2f}x "
+                     f"{r['train_peak_mib'] / base['train_peak_mib']:>6.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m train.benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-shape", choices=list(SHAPES), default="qwen3-tiny")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per step")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per example, and per packed row")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared",
+                        help="folder with data/qc_sample.jsonl and tokenizers/")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run one configuration, print JSON
+    args = parser.parse_args(argv)
+    if args.warmup + args.steps > MEGABATCH:
+        parser.error(f"warmup + steps must be at most {MEGABATCH} (one megabatch of batches)")
+    if args.child:
+        print(json.dumps(run_one(args.configs[0], args.child, args)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        params, non_embedding = prepare(args, Path(tmp))
+        results = {}
+        for name in args.configs:
+            command = [sys.executable, "-m", "train.benchmark", "--child", tmp, "--configs", name] + [
+                f"--{k.replace('_', '-')}={getattr(args, k)}"
+                for k in ("model_shape", "steps", "warmup", "batch_size", "max_length", "threads", "device")]
+            out = subprocess.run(command, check=True, capture_output=True, text=True)
+            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{name}: {math.ceil(results[name]['seconds'])} s", file=sys.stderr)
+        print(table(results, params, non_embedding, args))
+
+
+if __name__ == "__main__":
+    main()
