@@ -13,20 +13,30 @@ import sys
 from pathlib import Path
 
 LANGUAGES = ("en", "es", "fr", "ja", "ko", "pt", "de")
-# product: (category path, words in LANGUAGES order)
+# product: (category paths, words in LANGUAGES order). Every product sits in two category groups, so holding
+# out one group for validation still leaves relevant pairs of that product in training.
 PRODUCTS = {
-    "sneakers": ("shoes,men's shoes,sneakers", "sneakers zapatillas baskets スニーカー 운동화 tênis turnschuhe"),
-    "boots": ("shoes,women's shoes,boots", "boots botas bottes ブーツ 부츠 botas stiefel"),
-    "sandals": ("shoes,women's shoes,sandals", "sandals sandalias sandales サンダル 샌들 sandálias sandalen"),
-    "phone": ("electronics,phones,smartphones", "phone teléfono téléphone スマホ 휴대폰 celular handy"),
-    "headphones": ("electronics,audio,headphones", "headphones auriculares casque ヘッドホン 헤드폰 fones kopfhörer"),
-    "laptop": ("electronics,computers,laptops", "laptop portátil ordinateur ノートパソコン 노트북 notebook laptop"),
-    "dress": ("clothing,women's clothing,dresses", "dress vestido robe ドレス 드레스 vestido kleid"),
-    "jacket": ("clothing,men's clothing,jackets", "jacket chaqueta veste ジャケット 재킷 jaqueta jacke"),
-    "flour": ("food,grocery,flour, baking and cooking,flour", "flour harina farine 小麦粉 밀가루 farinha mehl"),
-    "coffee": ("food,grocery,coffee", "coffee café café コーヒー 커피 café kaffee"),
-    "sofa": ("home,furniture,sofas", "sofa sofá canapé ソファ 소파 sofá sofa"),
-    "lamp": ("home,lighting,lamps", "lamp lámpara lampe ランプ 램프 luminária lampe"),
+    "sneakers": (("shoes,men's shoes,sneakers", "sports,running,sneakers"),
+                 "sneakers zapatillas baskets スニーカー 운동화 tênis turnschuhe"),
+    "boots": (("shoes,women's shoes,boots", "outdoor,hiking,boots"), "boots botas bottes ブーツ 부츠 botas stiefel"),
+    "sandals": (("shoes,women's shoes,sandals", "outdoor,beach,sandals"),
+                "sandals sandalias sandales サンダル 샌들 sandálias sandalen"),
+    "smartphones": (("electronics,phones,smartphones", "gifts,gadgets,smartphones"),
+                    "smartphones teléfono téléphone スマホ 휴대폰 celular handy"),
+    "headphones": (("electronics,audio,headphones", "gifts,gadgets,headphones"),
+                   "headphones auriculares casque ヘッドホン 헤드폰 fones kopfhörer"),
+    "laptops": (("electronics,computers,laptops", "office,computers,laptops"),
+                "laptops portátil ordinateur ノートパソコン 노트북 notebook laptop"),
+    "dresses": (("clothing,women's clothing,dresses", "gifts,fashion,dresses"),
+                "dresses vestido robe ドレス 드레스 vestido kleid"),
+    "jackets": (("clothing,men's clothing,jackets", "outdoor,hiking,jackets"),
+                "jackets chaqueta veste ジャケット 재킷 jaqueta jacke"),
+    "flour": (("food,grocery,flour, baking and cooking,flour", "baking,ingredients,flour"),
+              "flour harina farine 小麦粉 밀가루 farinha mehl"),
+    "coffee": (("food,grocery,coffee", "gifts,gourmet,coffee"), "coffee café café コーヒー 커피 café kaffee"),
+    "sofas": (("home,furniture,sofas", "furniture,living room,sofas"), "sofas sofá canapé ソファ 소파 sofá sofa"),
+    "lamps": (("home,lighting,lamps", "office,lighting,lamps"),
+              "lamps lámpara lampe ランプ 램프 luminária lampe"),
 }
 COLOURS = {
     "red": "red rojo rouge 赤 빨간 vermelho rot",
@@ -57,7 +67,7 @@ def rows(rng: random.Random, task: str, n: int, languages, first_id: int, labell
         other = product if relevant else rng.choice([p for p in PRODUCTS if p != product])
         row = {"id": str(i), "task": task, "language": language, "origin_query": text}
         if task == "QC":
-            row["category_path"] = PRODUCTS[other][0]
+            row["category_path"] = rng.choice(PRODUCTS[other][0])
         else:
             row["item_title"] = f"{rng.choice(BRANDS)} {word(PRODUCTS[other][1], 'en')} {rng.choice(list(COLOURS))}"
         if labelled:
