@@ -1,18 +1,21 @@
 """The whole method: stages x folds of training runs, a summary table, then fold-ensembled submission files.
 
+    python -m train.recipe predict CONFIG.yaml [key.sub=value ...]   # predictions only, from trained folds
+
 A stage trains one task, on all its data (`folds: full`) or fold by fold (`folds: [0, 1, 2, 3, 4]`), optionally
 starting from an earlier stage's adapters and head (`init_from`: fold k from fold k, or from that stage's full
 run). The method's recipe is two stages per target task: the other task's full data, then the target task's folds.
 Each run has its own directory, run_dir/<stage>/<fold k | full>; a run that finished is not redone.
 """
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from data.records import read_rows
-from train.config import ConfigError, RunConfig, StageSection, merge_section
+from train.config import ConfigError, RunConfig, StageSection, load_config, merge_section
 from train.loop import train
 from train.predict import ensemble, predict_fold, write_submission, zip_submission
 
@@ -132,3 +135,9 @@ def predict(cfg: RunConfig) -> Path:
 def task_of(path) -> str:
     """The task of a competition file, from its first row (reading it checks that every row has that task)."""
     return str(read_rows(path)[0][1].get("task"))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] != "predict":
+        sys.exit(__doc__.strip())
+    print(f"submission: {predict(load_config(sys.argv[2], sys.argv[3:]))}")
