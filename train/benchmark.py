@@ -112,6 +112,7 @@ def build(name: str, directory: Path, device: str):
     import transformers as tf
 
     tf.logging.set_verbosity_error()
+    tf.logging.disable_progress_bar()
     model = tf.AutoModelForSequenceClassification.from_pretrained(directory / "model", dtype=dtype,
                                                                   attn_implementation="sdpa").to(device)
     config = peft.LoraConfig(task_type="SEQ_CLS", r=LORA["r"], lora_alpha=LORA["alpha"],
@@ -174,25 +175,34 @@ def reset_peak_memory(cuda: bool):
 
 
 def table(results: dict, params: int, non_embedding: int, args) -> str:
-    """Rows of results; ratios are against the first configuration (transformers + PEFT, random order)."""
+    """A row per configuration; ratios are against transformers + PEFT in random order."""
     cuda = args.device == "cuda"
     device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads or torch.get_num_threads()} threads"
     peak_flops = next((f for name, f in PEAK_BF16_FLOPS.items() if name in device), None)
-    base = results[CONFIGS[0]]
+    base = results.get(CONFIGS[0])
+
+    def ratio(r, key):  # examples: per second
+        if base is None:
+            return "-"
+        per = (r["seconds"], base["seconds"]) if key == "examples" else (1, 1)
+        return f"{(r[key] / per[0]) / (base[key] / per[1]):.2f}x"
     lines = [f"{args.model_shape}: {params / 1e6:.1f}M parameters ({non_embedding / 1e6:.1f}M without embeddings), "
              f"{device}, {'bf16 autocast' if cuda else 'float32'}, {args.batch_size} examples per step, "
              f"{args.steps} timed steps after {args.warmup}, torch {torch.__version__}",
-             f"memory: peak {'GPU memory allocated' if cuda else 'resident set (RSS)'} in MiB over the whole process "
-             f"(loading included) and from the first step",
+             f"memory in MiB: peak {'GPU memory allocated' if cuda else 'resident set (RSS)'} of the whole process "
+             f"(loading included), and from the first step on ('steps')",
              f"{'configuration':<29} {'examples/s':>10} {'tokens/s':>9} {'padding':>7} {'peak':>6} {'steps':>6} "
              f"{'MFU':>5} {'x examples/s':>12} {'x peak':>6} {'x steps':>7}"]
-    for name, r in results.items():
+    for name in args.configs:
+        if name not in results:
+            lines.append(f"{name:<29} failed (its error is printed above)")
+            continue
+        r = results[name]
         speed, tokens = r["examples"] / r["seconds"], r["tokens"] / r["seconds"]
         mfu = f"{100 * 4 * non_embedding * tokens / peak_flops:4.1f}%" if peak_flops else "-"
         lines.append(f"{name:<29} {speed:>10.1f} {tokens:>9.0f} {100 * (1 - r['tokens'] / r['slots']):>6.1f}% "
-                     f"{r['peak_mib']:>6.0f} {r['train_peak_mib']:>6.0f} {mfu:>5} "
-                     f"{speed / (base['examples'] / base['seconds']):>11.2f}x {r['peak_mib'] / base['peak_mib']:>5.2f}x "
-                     f"{r['train_peak_mib'] / base['train_peak_mib']:>6.2f}x")
+                     f"{r['peak_mib']:>6.0f} {r['train_peak_mib']:>6.0f} {mfu:>5} {ratio(r, 'examples'):>12} "
+                     f"{ratio(r, 'peak_mib'):>6} {ratio(r, 'train_peak_mib'):>7}")
     return "\n".join(lines)
 
 
@@ -222,7 +232,10 @@ def main(argv=None):
             command = [sys.executable, "-m", "train.benchmark", "--child", tmp, "--configs", name] + [
                 f"--{k.replace('_', '-')}={getattr(args, k)}"
                 for k in ("model_shape", "steps", "warmup", "batch_size", "max_length", "threads", "device")]
-            out = subprocess.run(command, check=True, capture_output=True, text=True)
+            out = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its stderr shows as it runs
+            if out.returncode:
+                print(f"{name}: failed with exit status {out.returncode}", file=sys.stderr)
+                continue
             results[name] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{name}: {math.ceil(results[name]['seconds'])} s", file=sys.stderr)
         print(table(results, params, non_embedding, args))
