@@ -1,7 +1,12 @@
 """Shared test fixtures: the path to ../shared (skipped on a fresh clone) and tiny HF checkpoints."""
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run in Triton's interpreter on CPU tensors; this must be set
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton, hence here
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

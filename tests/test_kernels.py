@@ -1,15 +1,11 @@
 """The Triton kernels against their PyTorch references: forward and gradients, float32 and bfloat16, odd sizes.
 
-Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set here before Triton
-is first imported); with one they run compiled on CUDA tensors.
+Without a GPU the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py
+before anything imports Triton); with one they run compiled on CUDA tensors.
 """
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="Triton is not installed: pip install triton (CUDA builds of torch bring it)")
 
 from kernels.gated_act import gated_act  # noqa: E402
