@@ -24,7 +24,7 @@ date -u +"%Y-%m-%d %H:%M UTC"
 
 $python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_kernels.py || failed=1
 for shape in "${shapes[@]}"; do
-    $python -m train.benchmark --model-shape "$shape" --device cuda --batch-size 128 --warmup 5 --steps 20 \
+    $python -m train.benchmark --model-shape "$shape" --device cuda --batch-size 128 --warmup 5 --steps 20 --repeats 1 \
         --shared "$shared" || failed=1
 done
 exit $failed
