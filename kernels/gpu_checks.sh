@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CUDA checks, about 5-8 minutes on one H100/H200:
+# CUDA checks for one H100/H200, meant to take under 8 minutes:
 #   1. the attention paths (compiled FlexAttention forward and backward against the eager reference, and a packed
 #      batch's classifier logits against the padded batch's, float32 and bf16, every family) and the Triton
 #      kernels (RMSNorm, RoPE, gated activations, and the decoder on them), on the GPU;
