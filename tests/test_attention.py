@@ -2,16 +2,19 @@
 
 The paths: SDPA is_causal (rows of one example), SDPA with a boolean mask (packed, left-padded, windowed, cached
 keys), eager (soft-capping on CPU), FlexAttention (CUDA; its forward also runs on CPU, uncompiled). Then the
-classifier end to end: a packed batch gives every example the logits it gets in a padded batch.
+classifier end to end: a packed batch gives every example the logits, and the LoRA and head the gradients, that
+a padded batch gives.
 """
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 
 from data.batching import Example, collate_packed, collate_padded
 from hf_tiny import FAMILIES, save_tiny
 from kernels.attention import attention, attention_mask, block_mask, dense_mask, eager_attention
 from model.classifier import load_classifier
+from model.lora import add_lora
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, H_KV, T, D = 3, 4, 2, 13, 16
@@ -156,11 +159,15 @@ def logits_by_id(model, batch) -> dict:
     return dict(zip(batch["ids"], out.float()))
 
 
+def tiny_examples():
+    gen = torch.Generator().manual_seed(0)
+    return [Example(str(i), torch.randint(1, 97, (n,), generator=gen).tolist(), i % 2)
+            for i, n in enumerate((9, 3, 6, 2, 7, 5))]
+
+
 def packed_and_padded_errors(checkpoint, dtype):
     """max |logits - float32 padded logits| of the packed and of the padded batch, the model in `dtype`."""
-    gen = torch.Generator().manual_seed(0)
-    data = [Example(str(i), torch.randint(1, 97, (n,), generator=gen).tolist(), 0)
-            for i, n in enumerate((9, 3, 6, 2, 7, 5))]
+    data = tiny_examples()
     torch.manual_seed(0)  # the same fresh score head in both models
     truth = logits_by_id(load_classifier(checkpoint, device=DEVICE), collate_padded(data, 0))
     torch.manual_seed(0)
@@ -182,3 +189,30 @@ def test_packed_logits_in_bfloat16_as_close_as_padded(checkpoint):
     """bf16 weights and autocast: packing adds no error beyond bf16 rounding (1.5x the padded batch's, + 1e-2)."""
     packed_error, padded_error = packed_and_padded_errors(checkpoint, torch.bfloat16)
     assert packed_error <= 1.5 * padded_error + 1e-2, (packed_error, padded_error)
+
+
+def gradients(checkpoint, batch, dtype) -> dict:
+    """LoRA and head gradients of the summed cross-entropy of `batch`, LoRA B random so that every LoRA A gets one."""
+    torch.manual_seed(0)
+    model = load_classifier(checkpoint, dtype=dtype, device=DEVICE)
+    add_lora(model, r=4, alpha=8)
+    for name, p in model.named_parameters():
+        if name.endswith("lora_B"):
+            torch.nn.init.normal_(p, std=0.1)
+    inputs = [batch[key].to(DEVICE) for key in ("input_ids", "attention_mask", "position_ids")]
+    with torch.autocast(DEVICE, torch.bfloat16, enabled=dtype == torch.bfloat16):
+        logits = model(*inputs)
+    F.cross_entropy(logits.float(), batch["labels"].to(DEVICE), reduction="sum").backward()
+    return {name: p.grad.float() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)], ids=str)
+def test_packed_gradients_equal_padded_gradients(checkpoint, dtype, rtol):
+    """Training through the packed path (Flex on CUDA, masked SDPA on CPU) and the padded one (SDPA is_causal):
+    the same gradients, up to rtol of the largest gradient of each tensor (bf16 autocast: a few roundings)."""
+    data = tiny_examples()
+    packed = gradients(checkpoint, collate_packed(data, 0, row_tokens=12), dtype)
+    padded = gradients(checkpoint, collate_padded(data, 0), dtype)
+    for name, want in padded.items():
+        assert want.abs().max() > 0, name
+        assert (packed[name] - want).abs().max() <= rtol * want.abs().max(), name

@@ -245,6 +245,8 @@ def main(argv=None):
             if name not in results or result["seconds"] < results[name]["seconds"]:
                 results[name] = result
         print(table(results, params, non_embedding, args))
+    if len(results) < len(args.configs):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
