@@ -1,4 +1,4 @@
-"""Shared test fixtures: the path to ../shared (skipped on a fresh clone) and tiny HF checkpoints."""
+"""Test set-up: Triton in interpreter mode without a GPU, and the path to ../shared (skipped on a fresh clone)."""
 import os
 from pathlib import Path
 
