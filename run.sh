@@ -31,8 +31,12 @@ case "${1:-}" in
         setup_env
         exec "$PY" -m train.demo "$@"
         ;;
+    gpu)
+        shift
+        exec bash kernels/gpu_checks.sh "$@"
+        ;;
     *)
-        echo "usage: ./run.sh test [pytest args] | ./run.sh demo [key.sub=value ...]" >&2
+        echo "usage: ./run.sh test [pytest args] | ./run.sh demo [key.sub=value ...] | ./run.sh gpu [SHARED_DIR]" >&2
         exit 2
         ;;
 esac
