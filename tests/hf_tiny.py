@@ -42,3 +42,17 @@ def save_tiny(family: str, path, seed: int = 0, **save_kwargs):
     model = tiny_model(family, seed)
     model.save_pretrained(path, **save_kwargs)
     return model
+
+
+def padded_batch(padding: str, length: int = 11, seed: int = 0):
+    """Token ids (3, length) and a 0/1 mask: full rows ("none"), or rows of length, 7 and 3 real tokens padded
+    on the "right" or "left"; padding positions hold id 0 (the tiny models' pad_token_id)."""
+    ids = torch.randint(1, 97, (3, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(3, length, dtype=torch.long)
+    if padding != "none":
+        for row, n in enumerate((length, 7, 3)):
+            if padding == "right":
+                mask[row, n:] = 0
+            else:
+                mask[row, : length - n] = 0
+    return ids * mask, mask

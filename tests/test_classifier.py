@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 
-from hf_tiny import CONFIGS, FAMILIES, randomize
+from hf_tiny import CONFIGS, FAMILIES, padded_batch, randomize
 from model.classifier import classification_loss, last_token_index, load_classifier
 from model.decoder import positions_from_mask
 from model.lora import add_lora
@@ -27,18 +27,6 @@ def pair(request, tmp_path_factory):
     """(transformers classifier, ours loaded from its checkpoint)."""
     path = tmp_path_factory.mktemp(request.param)
     return tiny_seq_cls(request.param, path), load_classifier(path)
-
-
-def padded_batch(side: str):
-    """Rows of 11, 7 and 3 real tokens (ids 1..96, pad 0) padded on `side`."""
-    ids = torch.randint(1, 97, (3, T), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(3, T, dtype=torch.long)
-    for row, n in enumerate((11, 7, 3)):
-        if side == "right":
-            mask[row, n:] = 0
-        else:
-            mask[row, : T - n] = 0
-    return ids * mask, mask
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

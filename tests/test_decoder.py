@@ -2,25 +2,11 @@
 import pytest
 import torch
 
-from hf_tiny import FAMILIES, save_tiny
+from hf_tiny import FAMILIES, padded_batch, save_tiny
 from model import load_pretrained
 from model.decoder import attention_masks, positions_from_mask
 
 T = 11  # longer than the sliding window (4) of the Gemma2/Gemma3 test models
-
-
-def batch(padding: str, seed: int = 0):
-    """Token ids (3, T) and a 0/1 mask: full rows, or rows of 11, 7 and 3 real tokens padded on one side."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 97, (3, T), generator=gen)
-    mask = torch.ones(3, T, dtype=torch.long)
-    if padding != "none":
-        for row, n in enumerate((11, 7, 3)):
-            if padding == "right":
-                mask[row, n:] = 0
-            else:
-                mask[row, : T - n] = 0
-    return ids * mask, mask
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -40,7 +26,7 @@ def reference(hf, ids, mask):
 @torch.no_grad()
 def test_matches_transformers_float32(pair, padding):
     hf, ours = pair
-    ids, mask = batch(padding)
+    ids, mask = padded_batch(padding, T)
     ref_hidden, ref_logits = reference(hf, ids, mask)
     hidden = ours(ids, attention_mask=mask)
     real = mask.bool()
@@ -55,7 +41,7 @@ def test_bfloat16_error_no_larger_than_transformers(pair):
     The fair bound: our bf16 error against the float32 result stays within 1.5x of transformers' own bf16
     error, plus a floor of 1e-2 for the models where both errors are tiny."""
     hf, ours = pair
-    ids, mask = batch("right")
+    ids, mask = padded_batch("right", T)
     real = mask.bool()
     truth = ours.lm_logits(ours(ids, attention_mask=mask))[real]
     ours16, hf16 = ours.to(torch.bfloat16), hf.to(torch.bfloat16)
@@ -72,7 +58,7 @@ def test_bfloat16_error_no_larger_than_transformers(pair):
 def test_packed_row_equals_examples_run_alone(pair):
     """Three examples packed in one row see nothing of each other: same hidden states as run one by one."""
     _, ours = pair
-    ids, _ = batch("none")
+    ids, _ = padded_batch("none", T)
     lengths = (5, 2, 3)
     packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths)] + [torch.zeros(1, dtype=torch.long)])[None]
     segments = torch.tensor([[1] * 5 + [2] * 2 + [3] * 3 + [0]])
