@@ -8,7 +8,7 @@ import yaml
 from train.config import ConfigError, load_config
 from train.demo import DEMO_DATA, build_model
 from train.main import main
-from train.recipe import check_stages, final_stages
+from train.recipe import check_stages, final_stages, predict
 
 
 def recipe(tmp_path, model_dir, **overrides):
@@ -62,9 +62,19 @@ def test_recipe_trains_every_stage_then_writes_the_submission(tmp_path, model_di
                                                                                        "submit_QI.txt"]
 
     # Repeating the command redoes nothing: every run has its result.json, every fold its probabilities.
-    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("adapters.safetensors")}
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
+    stamps.update({p: p.stat().st_mtime_ns for p in run.rglob("probabilities.jsonl")})
     assert main([str(recipe(tmp_path, model_dir))]) == 0
-    assert {p: p.stat().st_mtime_ns for p in run.rglob("adapters.safetensors")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # New files are predicted anew from the trained folds, not answered from the cached probabilities.
+    new_rows = [json.loads(line) for line in (DEMO_DATA / "test_QC.txt").open()][:5]
+    new_file = tmp_path / "new_QC.txt"
+    new_file.write_text("".join(json.dumps({**row, "id": str(9000 + i)}) + "\n" for i, row in enumerate(new_rows)))
+    overrides = [f"predict.files=[{new_file}]", f"predict.out_dir={tmp_path / 'new'}"]
+    predict(load_config(recipe(tmp_path, model_dir), overrides))
+    ids = [json.loads(line)["id"] for line in (tmp_path / "new" / "submit_QC.txt").open()]
+    assert ids == [str(9000 + i) for i in range(5)]
 
 
 def test_final_stage_of_a_task_is_the_last_one_nothing_starts_from(tmp_path, model_dir):

@@ -17,15 +17,15 @@ from model.adapters import load_adapters
 from model.classifier import load_classifier
 from model.loading import resolve
 from model.lora import add_lora
+from train.loop import to_device
 
 
-def load_fold_model(best_dir, dtype, device):
-    """The classifier of a run's best/ directory: base model + LoRA + head; returns (classifier, adapters.json)."""
-    info = json.loads((Path(best_dir) / "adapters.json").read_text())
+def load_fold_model(best_dir, info: dict, dtype, device):
+    """The classifier of a run's best/ directory (info: its adapters.json): base model + LoRA + head."""
     classifier = load_classifier(info["base_model"], num_labels=info["num_labels"], dtype=dtype, device=device)
     add_lora(classifier, info["r"], info["alpha"], 0.0, tuple(info["targets"]))
     load_adapters(classifier, best_dir)
-    return classifier.eval(), info
+    return classifier.eval()
 
 
 @torch.no_grad()
@@ -35,9 +35,8 @@ def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16:
     probs, tty = {}, sys.stderr.isatty()
     for start in range(0, len(order), batch_size):
         batch = collate_padded([items[i] for i in order[start:start + batch_size]], pad_id)
-        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
         with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
-            logits = classifier(**inputs).float()
+            logits = classifier(**to_device(batch, device)).float()
         probs.update(zip(batch["ids"], logits.softmax(-1)[:, 1].tolist()))
         if tty:
             print(f"\rpredicting {len(probs)}/{len(items)}", end="", file=sys.stderr, flush=True)
@@ -47,16 +46,20 @@ def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16:
 
 def predict_fold(best_dir, files, task: str, translations: str, max_length: int, lowercase: bool, out_dir,
                  batch_size: int, device, dtype, bf16: bool) -> tuple[dict[str, float], float]:
-    """Probabilities of one fold model over the rows of `files`, all of `task` (cached in
-    out_dir/probabilities.jsonl), and the model's tuned threshold."""
-    cache = Path(out_dir) / "probabilities.jsonl"
+    """Probabilities of one fold model over the rows of `files`, all of `task`, and the model's tuned threshold.
+
+    They are kept in out_dir/probabilities.jsonl and reused while they cover exactly the rows of `files`.
+    """
     info = json.loads((Path(best_dir) / "adapters.json").read_text())
+    records = [r for f in files for r in read_records(f, task, translations or None, lowercase, training=False)]
+    cache = Path(out_dir) / "probabilities.jsonl"
     if cache.is_file():
-        return {r["id"]: r["prob"] for r in map(json.loads, cache.read_text().splitlines())}, info["threshold"]
-    classifier, info = load_fold_model(best_dir, dtype, device)
+        probs = {r["id"]: r["prob"] for r in map(json.loads, cache.read_text().splitlines())}
+        if probs.keys() == {r.id for r in records}:
+            return probs, info["threshold"]
+    classifier = load_fold_model(best_dir, info, dtype, device)
     family = model_family(classifier.model.config.model_type)
     tokenizer = Tokenizer.from_file(str(resolve(info["base_model"]) / "tokenizer.json"))
-    records = [r for f in files for r in read_records(f, task, translations or None, lowercase, training=False)]
     items = examples(records, encode(tokenizer, family, records, max_length, translate=True))
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, bf16)
     cache.parent.mkdir(parents=True, exist_ok=True)

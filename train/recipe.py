@@ -26,9 +26,14 @@ def fold_names(stage: StageSection) -> list[str]:
     return ["full"] if stage.folds == "full" else [f"fold{k}" for k in stage.folds]
 
 
+def stage_data(cfg: RunConfig, stage: StageSection):
+    """The data section of a stage's runs: the top-level one with the stage's overrides."""
+    return merge_section(cfg.data, stage.data, f"stages.{stage.name}.data")
+
+
 def stage_run(cfg: RunConfig, stage: StageSection, fold: str) -> RunConfig:
     """The config of one run of a stage: the top-level sections with the stage's overrides."""
-    data = merge_section(cfg.data, stage.data, f"stages.{stage.name}.data")
+    data = stage_data(cfg, stage)
     init_from = ""
     if stage.init_from:
         source = next(s for s in cfg.stages if s.name == stage.init_from)
@@ -82,7 +87,7 @@ def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
 def final_stages(cfg: RunConfig) -> dict[str, StageSection]:
     """task -> its final stage: the last stage of that task that no later stage starts from."""
     starts = {s.init_from for s in cfg.stages}
-    return {merge_section(cfg.data, s.data, "").task: s for s in cfg.stages if s.name not in starts}
+    return {stage_data(cfg, s).task: s for s in cfg.stages if s.name not in starts}
 
 
 def summary(cfg: RunConfig, results: dict) -> str:
@@ -99,7 +104,7 @@ def summary(cfg: RunConfig, results: dict) -> str:
         keys = ["f1", "precision", "recall", "auc", "all_positive_f1"] + [f"f1_{lang}" for lang in languages]
         table = [[fold] + [r.get(k, float("nan")) for k in keys] for fold, r in rows]
         table.append(["mean"] + [sum(row[i] for row in table) / len(table) for i in range(1, len(head))])
-        lines.append(f"{stage.name} ({merge_section(cfg.data, stage.data, '').task}, validation)")
+        lines.append(f"{stage.name} ({stage_data(cfg, stage).task}, validation)")
         lines.append("".join(f"{h:>11}" for h in head))
         lines += ["".join(f"{v:>11}" if isinstance(v, str) else f"{v:>11.4f}" for v in row) for row in table]
         scores[stage.name] = table[-1][1]
@@ -118,7 +123,7 @@ def predict(cfg: RunConfig) -> Path:
         files = [f for f in p.files if task_of(f) == task]
         if not files:
             continue
-        data = merge_section(cfg.data, stage.data, "")
+        data = stage_data(cfg, stage)
         fold_probs, thresholds = [], []
         for fold in fold_names(stage):
             run_dir = Path(cfg.run_dir) / stage.name / fold
