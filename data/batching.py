@@ -111,9 +111,10 @@ class BatchSampler:
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start_step: int = 0):
-        self.epoch, self.start_step = epoch, 0
-        if not 0 <= start_step <= len(self):
-            raise ValueError(f"start_step {start_step} is outside epoch {epoch} of {len(self)} steps "
+        self.epoch = epoch
+        self.epoch_steps = self.steps()
+        if not 0 <= start_step <= len(self.epoch_steps):
+            raise ValueError(f"start_step {start_step} is outside epoch {epoch} of {len(self.epoch_steps)} steps "
                              "(resumed with another batch size, world size or dataset?)")
         self.start_step = start_step
 
@@ -137,11 +138,11 @@ class BatchSampler:
         return [steps[i] for i in rng.permutation(len(steps))] if self.shuffle else steps
 
     def __iter__(self):
-        for s in self.steps()[self.start_step :]:
+        for s in self.epoch_steps[self.start_step :]:
             yield s[self.rank].tolist()
 
     def __len__(self):
-        return len(self.steps()) - self.start_step
+        return len(self.epoch_steps) - self.start_step
 
 
 def main(argv=None):
