@@ -73,8 +73,10 @@ def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
                 result = train(run)
                 if "stopped_at" in result:  # pre-empted: the rest waits for the next launch
                     return {}
-                if rank == 0:
-                    done.write_text(json.dumps(result, indent=2) + "\n")
+                if rank == 0:  # write then rename: a kill mid-write must not leave a half "done" marker
+                    tmp = done.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(result, indent=2) + "\n")
+                    tmp.replace(done)
             results[stage.name, fold] = json.loads(done.read_text()) if rank == 0 else {}
     if rank != 0:
         return results
