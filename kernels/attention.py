@@ -66,31 +66,49 @@ def dense_mask(ids, window: int | None = None, num_queries: int | None = None):
 
 
 def block_mask(ids, window: int | None = None) -> BlockMask:
-    """FlexAttention's block-sparse form of dense_mask (queries = keys): fully masked blocks are skipped."""
+    """FlexAttention's block-sparse form of dense_mask (queries = keys), for the layout `flex` runs it in: the
+    batch as one row of B*T tokens padded to `flex_length(B*T)`. Fully masked blocks (across rows, padding) are
+    skipped, and a compiled kernel serves every batch of the same padded length."""
+    B, T = ids.shape
+    n = flex_length(B * T)
+    row = torch.arange(B, device=ids.device)[:, None]
+    flat = F.pad(torch.where(ids > 0, ids + row * (T + 1), 0).flatten(), (0, n - B * T))  # ids unique across rows
+    reach = torch.tensor(window or n, device=ids.device)  # a tensor, not a constant: one kernel with or without
 
-    def mask_mod(b, h, q, kv):
-        allowed = (ids[b, q] == ids[b, kv]) & (ids[b, kv] > 0) & (q >= kv)
-        if window:  # no in-place ops here: compiled FlexAttention lowers this function to pointwise code
-            allowed = allowed & (q - kv < window)
+    def mask_mod(b, h, q, kv):  # no in-place ops: compiled FlexAttention lowers this function to pointwise code
+        allowed = (flat[q] == flat[kv]) & (flat[kv] > 0) & (q >= kv) & (q - kv < reach)
         return allowed | (q == kv)
 
-    B, T = ids.shape
-    return create_block_mask(mask_mod, B, None, T, T, device=ids.device)
+    return create_block_mask(mask_mod, 1, None, n, n, device=ids.device)
+
+
+def flex_length(tokens: int) -> int:
+    """`tokens` rounded up to 4, 5, 6 or 7 times a power of two (at least 32): compiled kernels have static shapes
+    (dynamic ones fail to lower for FlexAttention on CPU), so a run compiles a few, at most 25% longer than needed."""
+    step = max(2 ** (tokens.bit_length() - 3), 32)
+    return -(-tokens // step) * step
 
 
 @functools.cache
 def compiled_flex_attention():
-    """FlexAttention only runs as a fused kernel when compiled (once per process, then reused)."""
-    return torch.compile(flex_attention)
+    """FlexAttention only runs as a fused kernel when compiled (once per process and padded length, then reused)."""
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def flex(q, k, v, mask: BlockMask, scale: float, softcap: float | None = None):
     def capped(score, b, h, q_idx, kv_idx):
         return torch.tanh(score / softcap) * softcap
 
+    B, H, T, D = q.shape
+    n = mask.seq_lengths[0]
+
+    def one_row(x):  # (B, H, T, D) -> (1, H, n, D), the layout of block_mask
+        return F.pad(x.transpose(0, 1).reshape(1, x.shape[1], B * T, D), (0, 0, 0, n - B * T))
+
     run = compiled_flex_attention() if q.is_cuda else flex_attention
-    return run(q, k, v, score_mod=None if softcap is None else capped, block_mask=mask, scale=scale,
-               enable_gqa=k.shape[1] != q.shape[1])
+    out = run(one_row(q), one_row(k), one_row(v), score_mod=None if softcap is None else capped, block_mask=mask,
+              scale=scale, enable_gqa=k.shape[1] != H)
+    return out[0, :, : B * T].reshape(H, B, T, D).transpose(0, 1)
 
 
 def eager_attention(q, k, v, mask, scale: float, softcap: float | None = None):
