@@ -95,7 +95,10 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@torch.compiler.disable
 def flex(q, k, v, mask: BlockMask, scale: float, softcap: float | None = None):
+    """Kept out of compiled blocks (train.compile): they recompile with dynamic shapes, which FlexAttention's
+    lowering fails on; this runs its own static-shape compiled kernel instead."""
     def capped(score, b, h, q_idx, kv_idx):
         return torch.tanh(score / softcap) * softcap
 

@@ -4,7 +4,9 @@
 #      batch's classifier logits against the padded batch's, float32 and bf16, every family) and the Triton
 #      kernels (RMSNorm, RoPE, gated activations, and the decoder on them), on the GPU;
 #   2. python -m train.benchmark on random-weight Qwen3-0.6B and gemma-3-1b shapes, bf16 autocast: tokens/s,
-#      MFU and peak GPU memory of this project (padded, packed) next to transformers + PEFT.
+#      MFU and peak GPU memory of this project (padded, packed, packed with compiled blocks) next to
+#      transformers + PEFT.
+# Each step is stopped after 3 minutes.
 #
 #     bash kernels/gpu_checks.sh [SHARED_DIR [SHAPE...]]
 #
@@ -22,9 +24,9 @@ $python -c "import torch, triton, transformers, peft
 print(f'torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
 date -u +"%Y-%m-%d %H:%M UTC"
 
-$python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_kernels.py || failed=1
+timeout 180 $python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_kernels.py || failed=1
 for shape in "${shapes[@]}"; do
-    $python -m train.benchmark --model-shape "$shape" --device cuda --batch-size 128 --warmup 5 --steps 20 --repeats 1 \
-        --shared "$shared" || failed=1
+    timeout 180 $python -m train.benchmark --model-shape "$shape" --device cuda --batch-size 128 --warmup 10 \
+        --steps 20 --repeats 1 --compile --shared "$shared" || failed=1
 done
 exit $failed

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
 from train.checkpoint import latest_checkpoint
 from train.config import TrainSection, save_config
@@ -128,6 +129,19 @@ def test_packed_rows_train_to_the_same_weights_as_padded_rows(tmp_path):
     train(padded)
     train(packed)
     want, got = final_weights(padded.run_dir), final_weights(packed.run_dir)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_to_the_same_weights(tmp_path):
+    eager = tiny_config(tmp_path, "eager", max_steps=2)
+    compiled = tiny_config(tmp_path, "compiled", max_steps=2, compile=True)
+    train(eager)
+    counters.clear()
+    train(compiled)
+    assert counters["stats"]["unique_graphs"] > 0  # the blocks did run compiled
+    want, got = final_weights(eager.run_dir), final_weights(compiled.run_dir)
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
 

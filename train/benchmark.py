@@ -14,6 +14,7 @@ table shows each configuration's fastest run:
     transformers + PEFT, grouped   the same with length-grouped batches (Trainer's group_by_length)
     ours, padded             data.BatchSampler's length-grouped batches, collate_padded
     ours, packed             the same batches, collate_packed into rows of at most max_length tokens
+    ours, packed, compiled   the same with each decoder block compiled (train.compile; with --compile only)
 
 On CPU everything runs in float32 (bf16 matmuls have no hardware support on most CPUs and are slower); on CUDA
 the base weights are bf16 and compute runs under bf16 autocast, LoRA and head weights float32, on both sides.
@@ -52,7 +53,8 @@ SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's 
                       num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
                       query_pre_attn_scalar=256, sliding_window=512),
 }
-CONFIGS = ["transformers + PEFT", "transformers + PEFT, grouped", "ours, padded", "ours, packed"]
+CONFIGS = ["transformers + PEFT", "transformers + PEFT, grouped", "ours, padded", "ours, packed",
+           "ours, packed, compiled"]
 MEGABATCH = 50  # steps whose examples data.BatchSampler sorts by length together (its default)
 LORA = dict(r=16, alpha=32, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                    "down_proj"))
@@ -94,7 +96,7 @@ def batches(name: str, data: list, pad: int, args) -> list[dict]:
         rng = np.random.default_rng(0)
         parts = (steps[: args.warmup], steps[args.warmup:])
         steps = [s for part in parts for s in np.array_split(rng.permutation(np.concatenate(part)), len(part))]
-    if name == "ours, packed":
+    if "packed" in name:
         return [collate_packed([rows[i] for i in s], pad, args.max_length) for s in steps]
     return [collate_padded([rows[i] for i in s], pad) for s in steps]
 
@@ -108,6 +110,9 @@ def build(name: str, directory: Path, device: str):
 
         model = load_classifier(directory / "model", dtype=dtype, device=device)
         add_lora(model, LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"])
+        if name.endswith("compiled"):
+            for block in model.model.layers:
+                block.compile()
         return model, lambda b: model(b["input_ids"], b["attention_mask"], b["position_ids"])
     import peft
     import transformers as tf
@@ -221,9 +226,11 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared",
                         help="folder with data/qc_sample.jsonl and tokenizers/")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="also time 'ours, packed' with compiled blocks")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run one configuration, print JSON
     args = parser.parse_args(argv)
+    args.configs = args.configs or CONFIGS[:5 if args.compile else 4]
     if args.warmup + args.steps > MEGABATCH:
         parser.error(f"warmup + steps must be at most {MEGABATCH} (one megabatch of batches)")
     if args.child:

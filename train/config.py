@@ -49,7 +49,7 @@ class TrainSection:
     warmup_ratio: float = 0.01  # fraction of all optimizer steps spent warming up linearly from 0
     epochs: int = 2
     max_steps: int = 0  # > 0: stop after this many optimizer steps
-    batch_size: int = 8  # examples per rank per micro-step (rows when packing)
+    batch_size: int = 8  # examples per rank per micro-step (packed into rows when data.packing)
     grad_accum: int = 1  # micro-steps per optimizer step
     eval_batch_size: int = 32
     clip: float = 1.0  # max gradient norm; 0 disables clipping
@@ -59,6 +59,7 @@ class TrainSection:
     seed: int = 0
     bf16: bool = True  # bf16 autocast (and bf16 FSDP compute)
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile each decoder block: fuses its element-wise work (pays off on CUDA)
     class_weights: list[float] = field(default_factory=list)
     label_smoothing: float = 0.0
 

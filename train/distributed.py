@@ -59,16 +59,19 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def prepare_model(classifier: torch.nn.Module, d: Dist, bf16: bool, activation_checkpointing: bool):
-    """Activation checkpointing per block, then FSDP2 per block and at the root when there are several ranks.
+def prepare_model(classifier: torch.nn.Module, d: Dist, bf16: bool, activation_checkpointing: bool,
+                  compile: bool = False):
+    """Per block: activation checkpointing, torch.compile, then FSDP2 (per block and at the root) on several ranks.
 
     Compute runs in bf16 (when asked) while gradients are reduced in float32. Parameter names do not change,
     so checkpoints written on N ranks load on any other number.
     """
     blocks = classifier.model.layers
-    if activation_checkpointing:
-        for block in blocks:
+    for block in blocks:
+        if activation_checkpointing:
             checkpoint(block)
+        if compile:
+            block.compile()
     if d.world_size == 1:
         return classifier
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)

@@ -169,7 +169,7 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
     torch.manual_seed(t.seed)  # the same LoRA and head initialisation on every rank
     classifier = build_classifier(cfg, d.device)
     train_set, valid_set, languages, pad_id = load_data(cfg, classifier.model.config.model_type)
-    model = prepare_model(classifier, d, t.bf16, t.activation_checkpointing)
+    model = prepare_model(classifier, d, t.bf16, t.activation_checkpointing, t.compile)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                   weight_decay=t.weight_decay)
