@@ -4,8 +4,7 @@
 #      batch's classifier logits against the padded batch's, float32 and bf16, every family) and the Triton
 #      kernels (RMSNorm, RoPE, gated activations, and the decoder on them), on the GPU;
 #   2. python -m train.benchmark on random-weight Qwen3-0.6B and gemma-3-1b shapes, bf16 autocast: tokens/s,
-#      MFU and peak GPU memory of this project (padded, packed, packed with compiled blocks) next to
-#      transformers + PEFT.
+#      MFU and peak GPU memory of this project (padded, packed) next to transformers + PEFT.
 # Each step is stopped after 3 minutes.
 #
 #     bash kernels/gpu_checks.sh [SHARED_DIR [SHAPE...]]
@@ -27,6 +26,6 @@ date -u +"%Y-%m-%d %H:%M UTC"
 timeout 180 $python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_kernels.py || failed=1
 for shape in "${shapes[@]}"; do
     timeout 180 $python -m train.benchmark --model-shape "$shape" --device cuda --batch-size 128 --warmup 10 \
-        --steps 20 --repeats 1 --compile --shared "$shared" || failed=1
+        --steps 20 --repeats 1 --shared "$shared" || failed=1
 done
 exit $failed

@@ -206,13 +206,24 @@ def gradients(checkpoint, batch, dtype) -> dict:
     return {name: p.grad.float() for name, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)], ids=str)
-def test_packed_gradients_equal_padded_gradients(checkpoint, dtype, rtol):
-    """Training through the packed path (Flex on CUDA, masked SDPA on CPU) and the padded one (SDPA is_causal):
-    the same gradients, up to rtol of the largest gradient of each tensor (bf16 autocast: a few roundings)."""
+def test_packed_gradients_equal_padded_gradients(checkpoint):
+    """float32: training through the packed path (Flex on CUDA, masked SDPA on CPU) and the padded one (SDPA
+    is_causal) gives the same gradients, up to 1e-4 of the largest gradient of each tensor."""
     data = tiny_examples()
-    packed = gradients(checkpoint, collate_packed(data, 0, row_tokens=12), dtype)
-    padded = gradients(checkpoint, collate_padded(data, 0), dtype)
+    packed = gradients(checkpoint, collate_packed(data, 0, row_tokens=12), torch.float32)
+    padded = gradients(checkpoint, collate_padded(data, 0), torch.float32)
     for name, want in padded.items():
         assert want.abs().max() > 0, name
-        assert (packed[name] - want).abs().max() <= rtol * want.abs().max(), name
+        assert (packed[name] - want).abs().max() <= 1e-4 * want.abs().max(), name
+
+
+def test_packed_gradients_in_bfloat16_as_close_as_padded(checkpoint):
+    """bf16 weights and autocast: against the float32 gradients, the packed batch's error is within 2x the padded
+    batch's + 1% of the largest gradient (two kernels' bf16 roundings, not one's, compound through backward)."""
+    data = tiny_examples()
+    truth = gradients(checkpoint, collate_padded(data, 0), torch.float32)
+    packed = gradients(checkpoint, collate_packed(data, 0, row_tokens=12), torch.bfloat16)
+    padded = gradients(checkpoint, collate_padded(data, 0), torch.bfloat16)
+    for name, want in truth.items():
+        packed_error, padded_error = ((got[name] - want).abs().max() for got in (packed, padded))
+        assert packed_error <= 2 * padded_error + 1e-2 * want.abs().max(), (name, packed_error, padded_error)
