@@ -1,14 +1,15 @@
 """Hugging Face checkpoints in, decoders out: hub resolution, config.json, and safetensors streamed tensor by tensor.
 
 The model is built on the `meta` device and materialised once in the target dtype; each tensor is then read from
-its (memory-mapped) safetensors file and copied into place, so a 12B checkpoint never needs two copies in memory.
+its memory-mapped safetensors file and copied into place, so a 12B checkpoint never needs two copies in memory.
+On CPU, a tensor already in the target dtype is not copied at all: the parameter is a copy-on-write view of the
+file's pages, read only when used (a 262k-row embedding costs only the rows looked up) and never written back.
 """
 import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from model.config import ModelConfig
 from model.decoder import Decoder
@@ -16,6 +17,9 @@ from model.decoder import Decoder
 # Where text-model tensors live in the checkpoints we read, and what we ignore.
 TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")  # multimodal Gemma3 (new, old), text
 IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 def resolve(path_or_id: str | os.PathLike) -> Path:
@@ -62,9 +66,34 @@ def canonical_name(key: str) -> str | None:
     return key.removeprefix("language_model.")
 
 
+def mapped_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as views of a private (copy-on-write) memory map of it."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n)) if 8 + n <= size else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: not a safetensors file (unreadable header)")
+    data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(str(file), shared=False, nbytes=size))
+    tensors = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        (begin, end), dtype = info["data_offsets"], DTYPES.get(info["dtype"])
+        if dtype is None or 8 + n + end > size:
+            raise ValueError(f"{file}: tensor {key!r} has an unknown dtype {info['dtype']} or lies past the end of "
+                             f"the file (truncated?)")
+        tensors[key] = data[8 + n + begin: 8 + n + end].view(dtype).view(info["shape"])
+    return tensors
+
+
 @torch.no_grad()
 def load_safetensors(module: torch.nn.Module, files: list[Path], strip: str = "model.", optional=()) -> None:
-    """Copy every checkpoint tensor into `module`'s parameters, by canonical name minus `strip`.
+    """Put every checkpoint tensor into `module`'s parameters, by canonical name minus `strip`: on CPU in the same
+    dtype the parameter becomes a view of the file's memory map, otherwise it is copied (and cast).
 
     Fails, naming the tensor and file, on an unexpected tensor or a shape mismatch, and on a parameter the
     checkpoint lacks (except those in `optional`). A tied LM head stored in the checkpoint is skipped.
@@ -72,22 +101,24 @@ def load_safetensors(module: torch.nn.Module, files: list[Path], strip: str = "m
     params = dict(module.named_parameters())
     loaded = set()
     for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                name = canonical_name(key)
-                if name is None:
-                    continue
-                name = name.removeprefix(strip)
-                if name not in params:
-                    if name.endswith("lm_head.weight"):
-                        continue  # tied to the embeddings
-                    raise KeyError(f"{file}: unexpected tensor {key!r} (no parameter {name!r} in the model)")
-                shape = tuple(f.get_slice(key).get_shape())
-                if shape != tuple(params[name].shape):
-                    raise ValueError(f"{file}: tensor {key!r} has shape {shape}, model expects "
-                                     f"{tuple(params[name].shape)}")
-                params[name].copy_(f.get_tensor(key))
-                loaded.add(name)
+        for key, tensor in mapped_tensors(file).items():
+            name = canonical_name(key)
+            if name is None:
+                continue
+            name = name.removeprefix(strip)
+            if name not in params:
+                if name.endswith("lm_head.weight"):
+                    continue  # tied to the embeddings
+                raise KeyError(f"{file}: unexpected tensor {key!r} (no parameter {name!r} in the model)")
+            param = params[name]
+            if tensor.shape != param.shape:
+                raise ValueError(f"{file}: tensor {key!r} has shape {tuple(tensor.shape)}, model expects "
+                                 f"{tuple(param.shape)}")
+            if param.device.type == "cpu" and param.dtype == tensor.dtype:
+                param.data = tensor
+            else:
+                param.copy_(tensor)
+            loaded.add(name)
     missing = sorted(set(params) - loaded - set(optional))
     if missing:
         raise KeyError(f"{files[0].parent}: checkpoint lacks {len(missing)} tensor(s), first {missing[0]!r}")

@@ -44,6 +44,32 @@ def test_loads_in_bfloat16(qwen3_dir):
     assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
 
 
+@torch.no_grad()
+def test_same_dtype_on_cpu_maps_the_file_and_never_writes_it(qwen3_dir, tmp_path):
+    """float32 on CPU: parameters are views of the file (no copy); writing to one leaves the file as it was."""
+    path = copy_checkpoint(qwen3_dir, tmp_path / "copy")
+    before = (path / "model.safetensors").read_bytes()
+    ours = load_pretrained(path)
+    weight = ours.embed_tokens.weight
+    assert weight.untyped_storage().nbytes() == len(before)  # the storage is the whole mapped file
+    want = ours.lm_logits(ours(IDS))
+    weight.mul_(2.0)
+    assert (path / "model.safetensors").read_bytes() == before
+    assert torch.equal(load_pretrained(path).lm_logits(load_pretrained(path)(IDS)), want)
+    assert load_pretrained(path, dtype=torch.bfloat16).embed_tokens.weight.untyped_storage().nbytes() < len(before)
+
+
+def test_truncated_file_is_named(qwen3_dir, tmp_path):
+    path = copy_checkpoint(qwen3_dir, tmp_path / "cut")
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[:-100])
+    with pytest.raises(ValueError, match=r"cut/model.safetensors: tensor .* past the end of the file"):
+        load_pretrained(path)
+    (path / "model.safetensors").write_bytes(b"\x10" + bytes(7) + b"not json at all!")
+    with pytest.raises(ValueError, match=r"cut/model.safetensors: not a safetensors file"):
+        load_pretrained(path)
+
+
 def tiny_gemma3_multimodal():
     vision = tf.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                                    image_size=28, patch_size=14)
