@@ -31,7 +31,7 @@ def lora_settings(module: torch.nn.Module) -> dict:
         raise ValueError(f"{type(module).__name__} has no LoRA layers: call add_lora first")
     first = next(iter(layers.values()))
     targets = list(dict.fromkeys(name.rpartition(".")[2] for name in layers))
-    return dict(targets=targets, r=first.lora_A.shape[0], alpha=first.alpha, dropout=first.dropout.p)
+    return dict(targets=targets, r=first.lora_A.shape[0], alpha=first.alpha, dropout=first.dropout_p)
 
 
 def save_adapters(classifier, directory, **meta) -> None:

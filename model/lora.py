@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import dropout
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -25,7 +27,7 @@ class LoRALinear(nn.Module):
         device = base.weight.device
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=device, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.empty(base.out_features, r, device=device, dtype=torch.float32))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout_p = dropout
         self.merged = False
         self.reset_parameters()
 
@@ -38,8 +40,9 @@ class LoRALinear(nn.Module):
         out = self.base(x)
         if self.merged:
             return out
+        x = dropout(x, self.dropout_p, self.training)
         # Cast the small weights, not the activations, to the input's dtype (autocast would do the same).
-        lora = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
+        lora = F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
         return out + lora * self.scaling
 
     def merged_weight(self, sign: int = 1) -> torch.Tensor:
