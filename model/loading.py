@@ -82,11 +82,18 @@ def mapped_tensors(file: Path) -> dict[str, torch.Tensor]:
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        (begin, end), dtype = info["data_offsets"], DTYPES.get(info["dtype"])
-        if dtype is None or 8 + n + end > size:
-            raise ValueError(f"{file}: tensor {key!r} has an unknown dtype {info['dtype']} or lies past the end of "
-                             f"the file (truncated?)")
-        tensors[key] = data[8 + n + begin: 8 + n + end].view(dtype).view(info["shape"])
+        try:
+            (begin, end), dtype = info["data_offsets"], DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise ValueError(f"unknown dtype {info['dtype']!r}")
+            raw = data[8 + n + begin: 8 + n + end]
+            if 8 + n + end > size:
+                raise ValueError("it lies past the end of the file (truncated?)")
+            if raw.storage_offset() % dtype.itemsize:  # not aligned for a view: copy this one
+                raw = raw.clone()
+            tensors[key] = raw.view(dtype).view(info["shape"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{file}: tensor {key!r} cannot be read: {e}") from None
     return tensors
 
 

@@ -60,7 +60,7 @@ def barrier(d: Dist) -> None:
 
 
 def prepare_model(classifier: torch.nn.Module, d: Dist, bf16: bool, activation_checkpointing: bool,
-                  compile: bool = False):
+                  compile_blocks: bool = False):
     """Per block: activation checkpointing, torch.compile, then FSDP2 (per block and at the root) on several ranks.
 
     Compute runs in bf16 (when asked) while gradients are reduced in float32. Parameter names do not change,
@@ -70,7 +70,7 @@ def prepare_model(classifier: torch.nn.Module, d: Dist, bf16: bool, activation_c
     for block in blocks:
         if activation_checkpointing:
             checkpoint(block)
-        if compile:
+        if compile_blocks:
             block.compile()
     if d.world_size == 1:
         return classifier
