@@ -51,10 +51,12 @@ def attention_masks(mask, sliding_window: int | None, num_queries: int | None = 
     `mask` covers all S keys (cached ones first); the queries are its last T = num_queries tokens.
     kernels.attention_mask picks the form: None (plain causal), a boolean (B, 1, T, S) mask or a BlockMask.
     """
-    masks = {"full_attention": attention_mask(mask, None, num_queries, softcap)}
-    if sliding_window:
-        masks["sliding_attention"] = attention_mask(mask, sliding_window, num_queries, softcap)
-    return masks
+    full = attention_mask(mask, None, num_queries, softcap)
+    if not sliding_window:
+        return {"full_attention": full}
+    if sliding_window >= mask.shape[1]:  # the window reaches past the first key: the same mask, built once
+        return {"full_attention": full, "sliding_attention": full}
+    return {"full_attention": full, "sliding_attention": attention_mask(mask, sliding_window, num_queries, softcap)}
 
 
 class KVCache:

@@ -85,6 +85,8 @@ def test_sliding_mask_is_causal_windowed_and_within_example():
     assert sliding[3].tolist() == [False, False, True, True, False, False, False]
     assert full[5].tolist() == [False, False, False, False, True, True, False]
     assert full[6].tolist() == [False] * 6 + [True]  # padding attends only to itself
+    long_window = attention_masks(mask, sliding_window=7)  # reaches past the first key: the full mask, once
+    assert long_window["sliding_attention"] is long_window["full_attention"]
 
 
 def test_untied_decoder_without_lm_head_refuses_lm_logits():
