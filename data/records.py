@@ -2,7 +2,8 @@
 
 Reads JSON lines (`train_QC.txt`, `dev_QI.txt`, ...) or CSV (`.csv`) with the columns
 `id, task, language, origin_query, category_path | item_title[, label][, translated_query]`.
-Every error names the file, the 1-based line and the field.
+Every error names the file, the 1-based line and the field. Translations are keyed by the query text, so one
+translation file serves files whose ids overlap (QC and QI, train and test reuse the same ids).
 """
 import csv
 import io
@@ -66,7 +67,8 @@ def read_rows(path) -> list[tuple[int, dict]]:
             rows.append((line, row))
             line = reader.line_num + 1
     else:
-        for line, content in enumerate(text.splitlines(), 1):
+        # Rows end at "\n" only: str.splitlines() would also split at U+2028, U+0085, ... inside a JSON string.
+        for line, content in enumerate(text.split("\n"), 1):
             if not content.strip():
                 continue
             try:
@@ -92,7 +94,12 @@ def _field(path, line, row, name, optional=False):
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise DataError(path, line, name, f"expected text, got {value!r}")
-    return str(value)
+    value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800" in JSON: no valid text can hold it
+        raise DataError(path, line, name, f"not valid Unicode ({e.reason} at character {e.start})") from None
+    return value
 
 
 def _id(path, line, row, first_line):
@@ -119,16 +126,18 @@ def _label(path, line, row, training):
 
 
 def read_translations(path) -> dict[str, str]:
-    """id -> English translation, from a JSON-lines or CSV file with columns `id, translated_query`.
-
-    One file may cover several competition files: an id may repeat, but only with the same translation.
+    """query -> English translation, from a JSON-lines or CSV file with columns `origin_query, translated_query`
+    (what `train.translate` writes). Queries are matched with their whitespace collapsed, case kept; a query may
+    repeat, but only with the same translation.
     """
     translations, first_line = {}, {}
     for line, row in read_rows(path):
-        id_, translation = _field(path, line, row, "id"), _field(path, line, row, "translated_query")
-        if translations.setdefault(id_, translation) != translation:
-            raise DataError(path, line, "translated_query", f"id {id_!r} translated differently on line {first_line[id_]}")
-        first_line.setdefault(id_, line)
+        query = clean(_field(path, line, row, "origin_query"), lowercase=False)
+        translation = _field(path, line, row, "translated_query")
+        if translations.setdefault(query, translation) != translation:
+            raise DataError(path, line, "translated_query",
+                            f"query {query!r} translated differently on line {first_line[query]}")
+        first_line.setdefault(query, line)
     return translations
 
 
@@ -136,15 +145,15 @@ def read_records(path, task=None, translations=None, lowercase=True, training=Tr
     """Read and clean one competition file.
 
     task: "QC" or "QI" to require that every row is of this task (None accepts both).
-    translations: a file keyed by id (see read_translations) that overrides a `translated_query` column.
+    translations: a file keyed by query (see read_translations) that overrides a `translated_query` column.
     training: drop rows whose query or target is empty after cleaning; with training=False no row is dropped
     and labels may be absent. Missing translations and dropped rows are logged with their counts.
     """
     if task is not None and task not in TARGET_FIELD:
         raise ValueError(f"task must be one of {sorted(TARGET_FIELD)}, got {task!r}")
-    by_id = read_translations(translations) if translations is not None else None
+    by_query = read_translations(translations) if translations is not None else None
     rows = read_rows(path)
-    expect_translation = by_id is not None or any("translated_query" in row for _, row in rows)
+    expect_translation = by_query is not None or any("translated_query" in row for _, row in rows)
     records, lines, dropped, missing = [], {}, 0, 0
     for line, row in rows:
         id_ = _id(path, line, row, lines)
@@ -155,11 +164,12 @@ def read_records(path, task=None, translations=None, lowercase=True, training=Tr
         language = _field(path, line, row, "language").strip().lower()
         if not language:
             raise DataError(path, line, "language", "empty language")
-        query = clean(_field(path, line, row, "origin_query"), lowercase)
+        raw_query = _field(path, line, row, "origin_query")
+        query = clean(raw_query, lowercase)
         target = clean(_field(path, line, row, TARGET_FIELD[row_task]), lowercase)
         label = _label(path, line, row, training)
-        if by_id is not None:
-            translation = by_id.get(id_)
+        if by_query is not None:
+            translation = by_query.get(clean(raw_query, lowercase=False))
         else:
             translation = _field(path, line, row, "translated_query", optional=True)
         translation = clean(translation or "", lowercase) or None

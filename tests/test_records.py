@@ -42,8 +42,36 @@ def test_translations_from_column_and_from_file(tmp_path, caplog):
     assert [r.translation for r in records] == ["red shoes", None]
     assert "1 of 2 rows have no translation" in caplog.text
     side = tmp_path / "translations.csv"
-    side.write_text("id,translated_query\n3,Blue shoes\n")
-    assert [r.translation for r in read_records(tmp_path / "a.txt", translations=side)] == [None, "blue shoes"]
+    side.write_text("origin_query,translated_query\nRed Shoes,Blue shoes\n")  # whitespace collapsed, case kept
+    assert [r.translation for r in read_records(tmp_path / "a.txt", translations=side)] == ["blue shoes"] * 2
+    side.write_text("origin_query,translated_query\nred shoes,Blue shoes\n")
+    assert [r.translation for r in read_records(tmp_path / "a.txt", translations=side)] == [None, None]
+
+
+def test_one_translation_file_serves_files_whose_ids_overlap(tmp_path):
+    """The competition's QC and QI (and train and test) files all number their rows from 1."""
+    qc = write_jsonl(tmp_path / "train_QC.txt", [dict(QC, id=1), dict(QC, id=2, origin_query="sac")])
+    qi = write_jsonl(tmp_path / "test_QI.txt", [dict(QI, id=1, origin_query="lampe"), dict(QI, id=2)])
+    side = write_jsonl(tmp_path / "translations.jsonl", [
+        {"origin_query": "Red Shoes", "translated_query": "red shoes"}, {"origin_query": "sac", "translated_query": "bag"},
+        {"origin_query": "lampe", "translated_query": "lamp"}, {"origin_query": "赤い 靴", "translated_query": "red shoes"}])
+    assert [r.translation for r in read_records(qc, translations=side)] == ["red shoes", "bag"]
+    assert [r.translation for r in read_records(qi, translations=side)] == ["lamp", "red shoes"]
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\x0b", "\x1c"])
+def test_line_separators_inside_a_json_string_are_text(tmp_path, separator):
+    path = tmp_path / "train.txt"
+    path.write_text(json.dumps(dict(QC, origin_query=f"red{separator}shoes"), ensure_ascii=False) + "\r\n"
+                    + json.dumps(QI, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [r.id for r in read_records(path, lowercase=False)] == ["1", "2"]
+
+
+def test_a_lone_surrogate_is_rejected_with_file_line_and_field(tmp_path):
+    path = tmp_path / "test_QC.txt"
+    path.write_text(json.dumps(QC) + "\n" + json.dumps(dict(QC, id=2)).replace('"Red  Shoes"', '"Red \\ud800"') + "\n")
+    with pytest.raises(DataError, match=r"test_QC.txt, line 2, field 'origin_query': not valid Unicode"):
+        read_records(path, training=False)
 
 
 def test_empty_rows_dropped_only_when_training(tmp_path, caplog):
@@ -128,11 +156,12 @@ def test_real_sample(shared, caplog):
 def test_bad_translation_file_is_named(tmp_path):
     records = write_jsonl(tmp_path / "train.txt", [QC])
     side = tmp_path / "translations.csv"
-    side.write_text("id,translated_query\n1,a\n2,c\n1,a\n")
+    side.write_text("origin_query,translated_query\nRed Shoes,a\nb,c\nRed  Shoes,a\n")
     assert read_records(records, translations=side)[0].translation == "a"
-    side.write_text("id,translated_query\n1,a\n2,c\n1,b\n")
-    with pytest.raises(DataError, match=r"translations.csv, line 4, field 'translated_query': id '1' translated differently on line 2"):
+    side.write_text("origin_query,translated_query\nRed Shoes,a\nb,c\nRed Shoes,b\n")
+    with pytest.raises(DataError, match=r"translations.csv, line 4, field 'translated_query': query 'Red Shoes' "
+                                        r"translated differently on line 2"):
         read_records(records, translations=side)
-    side.write_text("id,english\n1,a\n")
+    side.write_text("origin_query,english\nRed Shoes,a\n")
     with pytest.raises(DataError, match=r"translations.csv, line 2, field 'translated_query': missing column"):
         read_records(records, translations=side)

@@ -8,6 +8,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 import train.translate
+from data import read_records
 from hf_tiny import save_tiny
 from train.translate import main
 
@@ -44,7 +45,10 @@ def competition_file(tmp_path):
 
 
 def translations(path):
-    return {row["id"]: row["translated_query"] for row in map(json.loads, path.read_text().splitlines())}
+    """query -> translation of a translation file (one line per unique query)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len({row["origin_query"] for row in rows}) == len(rows)
+    return {row["origin_query"]: row["translated_query"] for row in rows}
 
 
 def parts(output):
@@ -57,9 +61,8 @@ def test_every_id_gets_a_translation_of_its_unique_query(checkpoint, competition
     main([str(competition_file), "--model", str(checkpoint), "--output", str(output), "--batch-size", "2",
           "--max-new-tokens", "4", "--skip-english"])
     got = translations(output)
-    assert sorted(got) == [f"r{i}" for i in range(7)]
-    assert got["r3"] == "red shoes"  # English kept as is
-    assert got["r0"] == got["r2"]  # one query, one translation
+    assert sorted(got) == sorted(set(QUERIES))  # one line per unique query
+    assert got["red shoes"] == "red shoes"  # English kept as is
     translated = [row["query"] for row in parts(output)]
     assert sorted(translated) == sorted(set(QUERIES) - {"red shoes"})  # each unique query translated once
 
@@ -90,7 +93,21 @@ def test_empty_or_failed_translations_fall_back_to_the_query(checkpoint, competi
     monkeypatch.setattr(train.translate, "generate", only_eos)
     output = tmp_path / "t.jsonl"
     main([str(competition_file), "--model", str(checkpoint), "--output", str(output)])
-    assert translations(output) == {f"r{i}": q for i, q in enumerate(QUERIES)}
+    assert translations(output) == {q: q for q in QUERIES}
+
+
+def test_files_whose_ids_overlap_share_one_translation_file(checkpoint, competition_file, tmp_path):
+    """QC and QI files both number their rows from 1: each row still gets its own query's translation."""
+    qc, qi = tmp_path / "test_QC.txt", tmp_path / "test_QI.txt"
+    for path, task, target, queries in ((qc, "QC", "category_path", QUERIES[:4]), (qi, "QI", "item_title", QUERIES[3:])):
+        path.write_text("".join(json.dumps({"id": i, "task": task, "language": "fr", "origin_query": q, target: "x"})
+                                + "\n" for i, q in enumerate(queries, 1)))
+    output = tmp_path / "t.jsonl"
+    main([str(qc), str(qi), "--model", str(checkpoint), "--output", str(output), "--max-new-tokens", "4"])
+    got = translations(output)
+    for path in (qc, qi):
+        records = read_records(path, translations=output, training=False, lowercase=False)
+        assert [r.translation for r in records] == [got[r.query] or None for r in records]
 
 
 def _rank(rank, port, argv):

@@ -80,16 +80,17 @@ def write(out_dir, seed: int = 0, n_train: int = 400, n_test: int = 120) -> None
     """train_QC.txt, train_QI.txt, test_QC.txt, test_QI.txt and translations.jsonl under out_dir."""
     rng, out_dir = random.Random(seed), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    translations, first_id = [], 0
+    translations, first_id = {}, 0
     for task in ("QC", "QI"):
         for split, n, languages in (("train", n_train, LANGUAGES[:-1]), ("test", n_test, LANGUAGES)):
             generated = rows(rng, task, n, languages, first_id, labelled=split == "train")
             first_id += n
             with (out_dir / f"{split}_{task}.txt").open("w") as f:
                 f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row, _ in generated)
-            translations += [{"id": row["id"], "translated_query": english} for row, english in generated]
+            translations.update((row["origin_query"], english) for row, english in generated)
     with (out_dir / "translations.jsonl").open("w") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in translations)
+        f.writelines(json.dumps({"origin_query": q, "translated_query": english}, ensure_ascii=False) + "\n"
+                     for q, english in translations.items())
 
 
 if __name__ == "__main__":

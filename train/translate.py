@@ -5,7 +5,8 @@
 
 Unique queries only, in length-sorted batches. Every finished batch is appended to OUTPUT.rank<R>.part, so an
 interrupted run resumes without redoing finished queries (with any number of ranks). At the end the
-`id, translated_query` file the data pipeline reads is written to OUTPUT, atomically. A translation that fails
+`origin_query, translated_query` file the data pipeline reads is written to OUTPUT, atomically: one line per
+unique query, so files whose ids overlap (train and test, QC and QI) share one translation file. A translation that fails
 or comes back empty falls back to the original query and is counted in the report.
 """
 import argparse
@@ -115,7 +116,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help="competition files (JSON lines or CSV)")
     parser.add_argument("--model", required=True, help="instruction-tuned checkpoint: local directory or hub id")
-    parser.add_argument("--output", required=True, type=Path, help="the id, translated_query JSON-lines file")
+    parser.add_argument("--output", required=True, type=Path, help="the origin_query, translated_query JSON-lines file")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--skip-english", action="store_true", help="rows with language 'en' keep their query")
@@ -141,14 +142,16 @@ def main(argv=None) -> None:
     barrier(dist)
     if dist.main:
         done = read_done(args.output)
-        failed = {r.id for r in records if r.query not in english and not done.get(r.query)}
+        queries = list(dict.fromkeys(r.query for r in records))
+        failed = [q for q in queries if q not in english and not done.get(q)]
         tmp = args.output.with_name(args.output.name + ".tmp")
         with tmp.open("w") as f:
-            for r in records:
-                translation = r.query if r.query in english else done.get(r.query) or r.query
-                f.write(json.dumps({"id": r.id, "translated_query": translation}, ensure_ascii=False) + "\n")
+            for q in queries:
+                translation = q if q in english else done.get(q) or q
+                f.write(json.dumps({"origin_query": q, "translated_query": translation}, ensure_ascii=False) + "\n")
         os.replace(tmp, args.output)
-        log(f"wrote {args.output}: {len(records)} rows, {len(failed)} without a translation (original query kept)")
+        log(f"wrote {args.output}: {len(queries)} queries of {len(records)} rows, {len(failed)} without a "
+            f"translation (original query kept)")
     shutdown(dist)
 
 
