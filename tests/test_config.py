@@ -47,6 +47,62 @@ def test_bad_keys_and_values_are_named(config_file, override, message):
         load_config(config_file, [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.max_steps=-1", r"train.max_steps must be >= 0 \(0: no cap\), got -1"),
+    ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+    ("train.warmup_ratio=1.5", r"train.warmup_ratio must be in \[0, 1\], got 1.5"),
+    ("train.eval_every=-5", "train.eval_every must be >= 0, got -5"),
+    ("train.save_every=-1", "train.save_every must be >= 0, got -1"),
+    ("train.keep_last=0", "train.keep_last must be >= 1, got 0"),
+    ("train.clip=-1", r"train.clip must be >= 0 \(0: no clipping\), got -1.0"),
+    ("train.lr=inf", "train.lr: expected a finite number, got 'inf'"),
+    ("train.lr=nan", "train.lr: expected a finite number, got 'nan'"),
+    ("train.lr=0", "train.lr must be > 0, got 0.0"),
+    ("train.lr=-1e-4", "train.lr must be > 0, got -0.0001"),
+    ("lora.r=0", "lora.r must be >= 1, got 0"),
+    ("lora.alpha=0", "lora.alpha must be > 0, got 0.0"),
+    ("lora.dropout=1", r"lora.dropout must be in \[0, 1\), got 1.0"),
+    ("train.seed=-1", "train.seed must be >= 0, got -1"),
+    ("train.label_smoothing=1", r"train.label_smoothing must be in \[0, 1\)"),
+    ("train.class_weights=[1, -2]", "train.class_weights must be > 0, got -2.0"),
+    ("data.n_folds=1", "data.n_folds must be >= 2, got 1"),
+    ("predict.batch_size=0", "predict.batch_size must be >= 1, got 0"),
+])
+def test_out_of_range_numbers_fail_when_the_config_loads(config_file, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_file, [override])
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("train:\n  epochs:\n", r"train.epochs: no value \(expected int\)"),
+    ("train:\n  lr: null\n", r"train.lr: no value \(expected float\)"),
+    ("train:\n  epochs: true\n", "train.epochs: expected int, got True"),
+    ("stages:\n  - {name: a, folds: [0, 0]}\n", r"stages\[0\].folds: fold 0 is listed more than once"),
+    ("stages:\n  - {name: a, folds: []}\n", r"stages\[0\].folds: an empty list trains nothing"),
+    ("stages:\n  - {name: a, folds: [5]}\n", r"stages.a.folds: fold 5 is not in \[0, 5\)"),
+    ("stages:\n  - {name: a, train: {max_steps: -1}}\n", "stages.a.train.max_steps must be >= 0"),
+])
+def test_empty_values_repeated_folds_and_stage_overrides_are_named(tmp_path, yaml_text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+@pytest.mark.parametrize("yaml_text, line, problem", [
+    ("train:\n  lr: 1\n   epochs: 2\n", 3, "mapping values are not allowed here"),
+    ("train: [1, 2\n", 2, "expected ',' or ']'"),
+    ("run_dir: !!python/object/apply:os.system ['touch PWNED']\n", 1, "could not determine a constructor"),
+])
+def test_yaml_errors_name_the_file_and_line(tmp_path, yaml_text, line, problem, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=rf"bad.yaml, line {line}: {problem}"):
+        load_config(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
 def test_misspelled_yaml_key_suggests_the_closest(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  grad_acum: 4\n")
@@ -75,13 +131,19 @@ def test_example_configs_load():
 
 @pytest.mark.parametrize("override, message", [
     ("run_dir=", "run_dir is required"),
-    ("train.grad_accum=0", "train.grad_accum must be >= 1, got 0"),
     ("data.fold=5", r"data.fold must be in \[-1, 5\)"),
     ("train.class_weights=[1]", "train.class_weights needs 2 values"),
 ])
 def test_values_a_run_cannot_start_with_are_named(config_file, override, message):
     cfg = load_config(config_file, ["data.train=train.jsonl", override])
     with pytest.raises(ConfigError, match=message):
+        cfg.check()
+
+
+def test_check_range_checks_values_set_in_code(config_file):
+    cfg = load_config(config_file, ["data.train=train.jsonl"])
+    cfg.train.grad_accum = 0
+    with pytest.raises(ConfigError, match="train.grad_accum must be >= 1, got 0"):
         cfg.check()
 
 

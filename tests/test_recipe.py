@@ -86,7 +86,7 @@ def test_final_stage_of_a_task_is_the_last_one_nothing_starts_from(tmp_path, mod
     ({"init_from": "QI"}, r"init_from 'QI' is not an earlier stage"),
     ({"name": "pre_QI"}, r"unique name"),
     ({"train": {"epoch": 3}}, r"unknown config key 'stages.QC.train.epoch'; did you mean 'train.epochs'"),
-    ({"folds": [7]}, r"data.fold must be in \[-1, 3\)"),
+    ({"folds": [7]}, r"stages.QC.folds: fold 7 is not in \[0, 3\)"),
 ])
 def test_bad_stages_fail_before_any_training(tmp_path, model_dir, stage_change, message):
     path = recipe(tmp_path, model_dir)

@@ -1,5 +1,7 @@
-"""The typed run config: YAML sections -> dataclasses, `key.sub=value` overrides, unknown keys rejected."""
+"""The typed run config: YAML sections -> dataclasses, `key.sub=value` overrides, unknown keys rejected,
+every number range-checked when the config loads (errors name the key)."""
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -95,19 +97,56 @@ class RunConfig:
     predict: PredictSection = field(default_factory=PredictSection)
 
     def check(self) -> None:
-        """Values a run cannot start with; each error names the key."""
+        """Values a run cannot start with (on top of the ranges checked at load); each error names the key."""
         t = self.train
         for key, value in (("run_dir", self.run_dir), ("model.path", self.model.path), ("data.train", self.data.train)):
             if not value:
                 raise ConfigError(f"{key} is required")
-        for key in ("batch_size", "grad_accum", "eval_batch_size", "keep_last", "epochs"):
-            if getattr(t, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+        for section in (self.model, self.lora, self.data, self.train, self.predict):
+            _check_ranges(section, _SECTION_KEY[type(section)] + ".")
         if not self.data.valid and not -1 <= self.data.fold < self.data.n_folds:
             raise ConfigError(f"data.fold must be in [-1, {self.data.n_folds}) (-1: no validation), "
                               f"got {self.data.fold}")
         if t.class_weights and len(t.class_weights) != 2:
             raise ConfigError(f"train.class_weights needs 2 values (negative, positive), got {t.class_weights}")
+
+
+# Allowed values of every number, checked when a config (or a stage's override) is built.
+AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+POSITIVE = (lambda v: v > 0, "> 0")
+FRACTION = (lambda v: 0 <= v <= 1, "in [0, 1]")
+BELOW_ONE = (lambda v: 0 <= v < 1, "in [0, 1)")
+RANGES = {
+    LoraSection: {"r": AT_LEAST_ONE, "alpha": POSITIVE, "dropout": BELOW_ONE},
+    DataSection: {"fold": (lambda v: v >= -1, ">= -1"), "n_folds": (lambda v: v >= 2, ">= 2"),
+                  "max_length": (lambda v: v >= 8, ">= 8")},
+    TrainSection: {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "epochs": AT_LEAST_ONE,
+                   "max_steps": (lambda v: v >= 0, ">= 0 (0: no cap)"), "batch_size": AT_LEAST_ONE,
+                   "grad_accum": AT_LEAST_ONE, "eval_batch_size": AT_LEAST_ONE, "clip": (NON_NEGATIVE[0], ">= 0 (0: "
+                   "no clipping)"), "eval_every": NON_NEGATIVE, "save_every": NON_NEGATIVE, "keep_last": AT_LEAST_ONE,
+                   "seed": NON_NEGATIVE, "class_weights": POSITIVE, "label_smoothing": BELOW_ONE},
+    PredictSection: {"batch_size": AT_LEAST_ONE},
+}
+_SECTION_KEY = {ModelSection: "model", LoraSection: "lora", DataSection: "data", TrainSection: "train",
+                PredictSection: "predict"}
+
+
+def _check_ranges(section, prefix: str) -> None:
+    for name, (allowed, text) in RANGES.get(type(section), {}).items():
+        value = getattr(section, name)
+        for v in value if isinstance(value, list) else [value]:
+            if not allowed(v):
+                raise ConfigError(f"{prefix}{name} must be {text}, got {v!r}")
+
+
+def _check_folds(stage: "StageSection", prefix: str) -> None:
+    if isinstance(stage.folds, list):
+        if not stage.folds:
+            raise ConfigError(f"{prefix}folds: an empty list trains nothing (use 'full' or fold numbers)")
+        repeated = sorted({k for k in stage.folds if stage.folds.count(k) > 1})
+        if repeated:
+            raise ConfigError(f"{prefix}folds: fold {repeated[0]} is listed more than once")
 
 
 def _coerce(value, kind, key: str):
@@ -132,7 +171,7 @@ def _coerce(value, kind, key: str):
             value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], key) for v in value]
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if kind is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -140,13 +179,19 @@ def _coerce(value, kind, key: str):
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if value is None:
-        return "" if kind is str else value
+        if kind in (str, dict):
+            return kind()
+        raise ConfigError(f"{key}: no value (expected {kind.__name__})")
+    if kind in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
     try:
         out = kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
     if kind is int and isinstance(value, float) and value != out:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if kind is float and not math.isfinite(out):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     return out
 
 
@@ -176,7 +221,11 @@ def _build(cls, raw: dict, prefix=""):
         kind = hints[key]
         values[key] = _build(kind, value or {}, f"{prefix}{key}.") if is_dataclass(kind) else \
             _coerce(value, kind, prefix + key)
-    return cls(**values)
+    built = cls(**values)
+    _check_ranges(built, prefix)
+    if cls is StageSection:
+        _check_folds(built, prefix)
+    return built
 
 
 def _set(raw: dict, dotted: str, value: str):
@@ -197,8 +246,15 @@ def load_config(path, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read a YAML config and apply `key.sub=value` overrides; unknown keys fail with a suggestion."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}  # safe_load: a tag such as !!python/object is an error
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
@@ -206,7 +262,14 @@ def load_config(path, overrides: typing.Sequence[str] = ()) -> RunConfig:
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         _set(raw, key.strip(), value)
-    return _build(RunConfig, raw)
+    cfg = _build(RunConfig, raw)
+    for stage in cfg.stages:  # a stage's overrides are range-checked now too, not when its turn comes
+        data = merge_section(cfg.data, stage.data, f"stages.{stage.name}.data")
+        merge_section(cfg.train, stage.train, f"stages.{stage.name}.train")
+        for k in stage.folds if isinstance(stage.folds, list) else []:
+            if not 0 <= k < data.n_folds:
+                raise ConfigError(f"stages.{stage.name}.folds: fold {k} is not in [0, {data.n_folds})")
+    return cfg
 
 
 def save_config(cfg: RunConfig, path) -> None:
