@@ -5,10 +5,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
+from model.loading import CheckpointError, mapped_tensors, read_json, save_tensors
 from model.lora import lora_layers
 
 WEIGHTS, META = "adapters.safetensors", "adapters.json"
@@ -44,33 +43,43 @@ def save_adapters(classifier, directory, **meta) -> None:
                 **lora_settings(classifier), **meta)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, directory / WEIGHTS, metadata={"format": "pt"})
+    save_tensors(state, directory / WEIGHTS)
     (directory / META).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_adapters(directory) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapters.json, tensors of adapters.safetensors) of a directory; a damaged file is an error naming it."""
+    path, info_path = Path(directory) / WEIGHTS, Path(directory) / META
+    info = read_json(info_path, "adapters.json")
+    for key in ("model_type", "num_labels", "targets", "r", "alpha"):
+        if not isinstance(info, dict) or key not in info:
+            raise CheckpointError(f"{info_path}: no {key!r} entry")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: adapter weights not found")
+    return info, mapped_tensors(path)
 
 
 @torch.no_grad()
 def load_adapters(classifier, directory) -> dict:
     """Copy adapters.safetensors into the classifier's trainable parameters (call after add_lora, before
     sharding); returns adapters.json. Any missing, unexpected or mis-shaped tensor is an error naming it."""
+    info, tensors = read_adapters(directory)
     path, info_path = Path(directory) / WEIGHTS, Path(directory) / META
-    info = json.loads(info_path.read_text())
     model_type = classifier.model.config.model_type
     if info["model_type"] != model_type:
-        raise ValueError(f"{info_path}: adapters for model_type {info['model_type']!r}, model is {model_type!r}")
+        raise CheckpointError(f"{info_path}: adapters for model_type {info['model_type']!r}, model is {model_type!r}")
     params = {name: p for name, p in classifier.named_parameters() if p.requires_grad}
-    with safe_open(path, framework="pt") as f:
-        keys = set(f.keys())
-        if missing := sorted(params.keys() - keys):
-            raise KeyError(f"{path}: no tensor {missing[0]!r} ({len(missing)} trainable parameters missing)")
-        if unexpected := sorted(keys - params.keys()):
-            raise KeyError(f"{path}: unexpected tensor {unexpected[0]!r} (not a trainable parameter of the model; "
-                           f"same LoRA targets?)")
-        for name in sorted(keys):
-            shape, want = tuple(f.get_slice(name).get_shape()), tuple(params[name].shape)
-            if shape != want:
-                raise ValueError(f"{path}: tensor {name!r} has shape {shape}, the model expects {want}")
-        for name in keys:
-            params[name].copy_(f.get_tensor(name))
+    if missing := sorted(params.keys() - tensors.keys()):
+        raise CheckpointError(f"{path}: no tensor {missing[0]!r} ({len(missing)} trainable parameters missing)")
+    if unexpected := sorted(tensors.keys() - params.keys()):
+        raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} (not a trainable parameter of the "
+                              f"model; same LoRA targets?)")
+    for name in sorted(tensors):
+        shape, want = tuple(tensors[name].shape), tuple(params[name].shape)
+        if shape != want:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {shape}, the model expects {want}")
+    for name, tensor in tensors.items():
+        params[name].copy_(tensor)
     return info
 
 
@@ -91,5 +100,5 @@ def export_peft(classifier, directory, base_model_name_or_path: str) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {peft_name(name): t for name, t in trainable_state(classifier).items()}
-    save_file(state, directory / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_tensors(state, directory / "adapter_model.safetensors")
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from model.classifier import SequenceClassifier
+from model.loading import save_tensors
 from model.lora import merged_tensors
 
 # model_type -> transformers classes (causal LM, sequence classification) named in config.json's "architectures".
@@ -60,7 +60,7 @@ def export_merged(module, directory, max_shard_bytes: int = 5 * 10**9, pad_token
     written, total = [], 0
     for i, shard in enumerate(shards(named, max_shard_bytes)):
         part = directory / f"part-{i:05d}.tmp"
-        save_file(shard, part, metadata={"format": "pt"})
+        save_tensors(shard, part)
         written.append((part, list(shard)))
         total += sum(t.numel() * t.element_size() for t in shard.values())
     weight_map = {}

@@ -4,12 +4,16 @@ The model is built on the `meta` device and materialised once in the target dtyp
 its memory-mapped safetensors file and copied into place, so a 12B checkpoint never needs two copies in memory.
 On CPU, a tensor already in the target dtype is not copied at all: the parameter is a copy-on-write view of the
 file's pages, read only when used (a 262k-row embedding costs only the rows looked up) and never written back.
+Every damaged or malformed file (JSON, safetensors header, shard index) is a CheckpointError naming the file.
+Written safetensors files respect the umask, as every other file does.
 """
 import json
 import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from model.config import ModelConfig
 from model.decoder import Decoder
@@ -20,6 +24,39 @@ IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tow
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+class CheckpointError(ValueError):
+    """A damaged or mismatched checkpoint file: the message names the file (and the tensor)."""
+
+
+def read_json(path: Path, what: str = "JSON file"):
+    """The parsed JSON of a checkpoint file; a missing or malformed file is an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_tokenizer(path_or_id) -> Tokenizer:
+    """The checkpoint's tokenizer.json; a missing or unreadable one is an error naming it."""
+    path = resolve(path_or_id) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer.json not found in the checkpoint directory")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise CheckpointError(f"{path}: not a readable tokenizer ({e})") from None
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file with the permissions of any other file (safetensors itself writes mode 0600)."""
+    save_file(tensors, path, metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def resolve(path_or_id: str | os.PathLike) -> Path:
@@ -36,17 +73,27 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
 
 def read_config(directory: Path) -> ModelConfig:
     path = directory / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory")
-    return ModelConfig.from_hf(json.loads(path.read_text()), source=str(path))
+    raw = read_json(path, "config.json of the checkpoint")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    try:
+        return ModelConfig.from_hf(raw, source=str(path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
 
 def safetensors_files(directory: Path) -> list[Path]:
     """The checkpoint's files: the shards listed by model.safetensors.index.json, or model.safetensors."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        raw = read_json(index)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: no 'weight_map' of tensor name -> shard file name")
+        names = sorted(set(weight_map.values()))
         for name in names:
+            if Path(name).name != name or name in ("", ".", ".."):  # "../x" would read outside the checkpoint
+                raise CheckpointError(f"{index}: shard {name!r} is not a file name inside the checkpoint directory")
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name}: shard listed in {index} is missing")
         return [directory / name for name in names]
@@ -66,8 +113,9 @@ def canonical_name(key: str) -> str | None:
     return key.removeprefix("language_model.")
 
 
-def mapped_tensors(file: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file as views of a private (copy-on-write) memory map of it."""
+def read_header(file: Path) -> tuple[int, dict]:
+    """(data section start, {name: (dtype, shape, begin, end)}) of a safetensors file, checked against the file:
+    offsets non-negative, in order, without gap or overlap, inside the data section and equal to shape x dtype."""
     size = file.stat().st_size
     with open(file, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -76,24 +124,45 @@ def mapped_tensors(file: Path) -> dict[str, torch.Tensor]:
         except (UnicodeDecodeError, json.JSONDecodeError):
             header = None
     if not isinstance(header, dict):
-        raise ValueError(f"{file}: not a safetensors file (unreadable header)")
-    data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(str(file), shared=False, nbytes=size))
-    tensors = {}
+        raise CheckpointError(f"{file}: not a safetensors file (unreadable header)")
+    start, entries = 8 + n, {}
     for key, info in header.items():
         if key == "__metadata__":
             continue
         try:
-            (begin, end), dtype = info["data_offsets"], DTYPES.get(info["dtype"])
+            dtype, shape, (begin, end) = DTYPES.get(info["dtype"]), info["shape"], info["data_offsets"]
             if dtype is None:
                 raise ValueError(f"unknown dtype {info['dtype']!r}")
-            raw = data[8 + n + begin: 8 + n + end]
-            if 8 + n + end > size:
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [begin, end, *shape]):
+                raise ValueError(f"offsets {[begin, end]} and shape {shape} must be non-negative integers")
+            if end - begin != dtype.itemsize * torch.Size(shape).numel():
+                raise ValueError(f"offsets {[begin, end]} hold {end - begin} bytes, shape {shape} of {info['dtype']} "
+                                 f"needs {dtype.itemsize * torch.Size(shape).numel()}")
+            if start + end > size:
                 raise ValueError("it lies past the end of the file (truncated?)")
-            if raw.storage_offset() % dtype.itemsize:  # not aligned for a view: copy this one
-                raw = raw.clone()
-            tensors[key] = raw.view(dtype).view(info["shape"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{file}: tensor {key!r} cannot be read: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{file}: tensor {key!r} cannot be read: {e}") from None
+        entries[key] = (dtype, shape, begin, end)
+    position = 0
+    for key, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: kv[1][2:]):
+        if begin != position:
+            problem = "overlaps the tensor before it" if begin < position else "leaves a gap before it"
+            raise CheckpointError(f"{file}: tensor {key!r} at offsets {[begin, end]} {problem}")
+        position = end
+    return start, entries
+
+
+def mapped_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as views of a private (copy-on-write) memory map of it."""
+    start, entries = read_header(file)
+    size = file.stat().st_size
+    data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(str(file), shared=False, nbytes=size))
+    tensors = {}
+    for key, (dtype, shape, begin, end) in entries.items():
+        raw = data[start + begin: start + end]
+        if raw.storage_offset() % dtype.itemsize:  # not aligned for a view: copy this one
+            raw = raw.clone()
+        tensors[key] = raw.view(dtype).view(shape)
     return tensors
 
 
@@ -116,10 +185,10 @@ def load_safetensors(module: torch.nn.Module, files: list[Path], strip: str = "m
             if name not in params:
                 if name.endswith("lm_head.weight"):
                     continue  # tied to the embeddings
-                raise KeyError(f"{file}: unexpected tensor {key!r} (no parameter {name!r} in the model)")
+                raise CheckpointError(f"{file}: unexpected tensor {key!r} (no parameter {name!r} in the model)")
             param = params[name]
             if tensor.shape != param.shape:
-                raise ValueError(f"{file}: tensor {key!r} has shape {tuple(tensor.shape)}, model expects "
+                raise CheckpointError(f"{file}: tensor {key!r} has shape {tuple(tensor.shape)}, model expects "
                                  f"{tuple(param.shape)}")
             if param.device.type == "cpu" and param.dtype == tensor.dtype:
                 param.data = tensor
@@ -128,7 +197,7 @@ def load_safetensors(module: torch.nn.Module, files: list[Path], strip: str = "m
             loaded.add(name)
     missing = sorted(set(params) - loaded - set(optional))
     if missing:
-        raise KeyError(f"{files[0].parent}: checkpoint lacks {len(missing)} tensor(s), first {missing[0]!r}")
+        raise CheckpointError(f"{files[0].parent}: checkpoint lacks {len(missing)} tensor(s), first {missing[0]!r}")
 
 
 def load_pretrained(path_or_id, dtype=torch.float32, device="cpu") -> Decoder:

@@ -14,6 +14,7 @@ from torch.distributed.fsdp import fully_shard
 from hf_tiny import CONFIGS, save_tiny
 from model.adapters import export_peft, load_adapters, save_adapters
 from model.classifier import load_classifier
+from model.loading import CheckpointError
 from model.lora import add_lora
 
 MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7])
@@ -62,18 +63,34 @@ def test_mismatched_base_shapes_name_the_tensor_and_file(base, tmp_path):
     other = load_classifier(tmp_path / "other")
     add_lora(other, r=4, alpha=8)
     file = str(tmp_path / "adapters" / "adapters.safetensors")
-    with pytest.raises(ValueError, match=r"tensor 'model\.layers\.0\.mlp\.down_proj\.lora_A' has shape \(4, 80\), "
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.mlp\.down_proj\.lora_A' has shape \(4, 80\), "
                                          r"the model expects \(4, 64\)") as err:
         load_adapters(other, tmp_path / "adapters")
     assert file in str(err.value)
     fewer = load_classifier(base)
     add_lora(fewer, r=4, alpha=8, targets=("q_proj", "v_proj"))
-    with pytest.raises(KeyError, match=r"unexpected tensor 'model\.layers\.0\.mlp\.down_proj\.lora_A'"):
+    with pytest.raises(CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.mlp\.down_proj\.lora_A'"):
         load_adapters(fewer, tmp_path / "adapters")
     more = load_classifier(base)
     add_lora(more, r=4, alpha=8, modules_to_save=("score", "norm"))
-    with pytest.raises(KeyError, match=r"no tensor 'model\.norm\.weight'"):
+    with pytest.raises(CheckpointError, match=r"no tensor 'model\.norm\.weight'"):
         load_adapters(more, tmp_path / "adapters")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "adapters.json").write_text("{not json"), r"adapters.json: not valid JSON"),
+    (lambda d: (d / "adapters.json").write_text("{}"), r"adapters.json: no 'model_type' entry"),
+    (lambda d: (d / "adapters.json").unlink(), r"adapters.json: adapters.json not found"),
+    (lambda d: (d / "adapters.safetensors").write_bytes((d / "adapters.safetensors").read_bytes()[:-9]),
+     r"adapters.safetensors: tensor .* cannot be read: it lies past the end of the file"),
+])
+def test_damaged_adapter_files_are_named(base, tmp_path, damage, message):
+    save_adapters(trained(base), tmp_path / "adapters")
+    damage(tmp_path / "adapters")
+    fresh = load_classifier(base)
+    add_lora(fresh, r=4, alpha=8)
+    with pytest.raises((CheckpointError, FileNotFoundError), match=message):
+        load_adapters(fresh, tmp_path / "adapters")
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma2"])

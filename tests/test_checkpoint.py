@@ -1,5 +1,6 @@
 """Checkpoints: exact round trip of weights, optimizer and RNG; atomic writes; the last k kept; no pickles."""
 import json
+import os
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ from safetensors.torch import load_file
 
 from model.classifier import load_classifier
 from model.lora import add_lora
-from train.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from model.loading import CheckpointError
+from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.distributed import Dist
 from train_fixtures import make_checkpoint
 
@@ -84,3 +86,54 @@ def test_best_is_replaced_whole(trained, tmp_path):
     save_best(tmp_path / "best", model, ONE, threshold=0.7)
     assert json.loads((tmp_path / "best" / "adapters.json").read_text())["threshold"] == 0.7
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda p: _truncate(p / "adapters.safetensors"), "adapters.safetensors"),
+    (lambda p: _truncate(p / "optimizer.safetensors"), "optimizer.safetensors"),
+    (lambda p: _truncate(p / "rng-rank0.safetensors"), "rng-rank0.safetensors"),
+    (lambda p: (p / "state.json").write_text('{"step": 4, "wor'), "state.json"),
+    (lambda p: (p / "state.json").write_text('{"step": 4}'), "state.json"),
+    (lambda p: (p / "optimizer.safetensors").unlink(), "optimizer.safetensors"),
+])
+def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_resumes(trained, tmp_path, caplog, damage, named):
+    model, optimizer = trained
+    run = tmp_path / "run"
+    for step in (3, 4):
+        save_checkpoint(run, step, model, optimizer, {}, ONE, keep_last=2)
+    newest = run / "checkpoints" / "step-00000004"
+    damage(newest)
+    with pytest.raises(CheckpointError, match=str(newest / named)):
+        load_checkpoint(newest, model, optimizer, ONE)
+    assert resume_point(run) == run / "checkpoints" / "step-00000003"
+    assert f"skipping damaged checkpoint: {newest / named}" in caplog.text
+    assert load_checkpoint(resume_point(run), model, optimizer, ONE)["step"] == 3
+    damage(run / "checkpoints" / "step-00000003")
+    with pytest.raises(CheckpointError, match=f"{run}: no readable checkpoint"):
+        resume_point(run)
+
+
+def test_a_lost_rank_rng_state_is_an_error_and_an_extra_rank_is_warned(trained, tmp_path, caplog):
+    model, optimizer = trained
+    path = save_checkpoint(tmp_path / "run", 2, model, optimizer, {}, ONE, keep_last=2)
+    (path / "rng-rank0.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"rng-rank0.safetensors: missing \(the checkpoint was written by 1 ranks"):
+        load_checkpoint(path, model, optimizer, ONE)
+    path = save_checkpoint(tmp_path / "run", 3, model, optimizer, {}, ONE, keep_last=2)
+    load_checkpoint(path, model, optimizer, Dist(rank=1, world_size=2, device=torch.device("cpu")))
+    assert "no RNG state for rank 1 (written by 1 ranks)" in caplog.text
+
+
+def test_written_files_respect_the_umask(trained, tmp_path):
+    model, optimizer = trained
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "run", 1, model, optimizer, {}, ONE, keep_last=2)
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in path.iterdir()} == {
+        p.name: "0o644" for p in path.iterdir()}

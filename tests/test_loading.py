@@ -1,5 +1,6 @@
 """Loading checkpoints: sharded files, multimodal Gemma3, hub ids offline, and clear errors on mismatches."""
 import json
+import os
 
 import huggingface_hub.constants
 import pytest
@@ -9,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from hf_tiny import CONFIGS, randomize, save_tiny
 from model import load_pretrained
+from model.loading import CheckpointError, load_tokenizer, save_tensors
 
 IDS = torch.tensor([[5, 17, 3, 88, 42, 9, 61]])
 
@@ -126,9 +128,9 @@ def reshape_q(tensors):
 
 
 @pytest.mark.parametrize("edit, error, message", [
-    (drop_norm, KeyError, r"lacks 1 tensor\(s\), first 'layers.1.input_layernorm.weight'"),
-    (add_extra, KeyError, r"model.safetensors: unexpected tensor 'model.layers.0.self_attn.extra.weight'"),
-    (reshape_q, ValueError, r"model.safetensors: tensor 'model.layers.0.self_attn.q_proj.weight' has shape \(3, 48\)"),
+    (drop_norm, CheckpointError, r"lacks 1 tensor\(s\), first 'layers.1.input_layernorm.weight'"),
+    (add_extra, CheckpointError, r"model.safetensors: unexpected tensor 'model.layers.0.self_attn.extra.weight'"),
+    (reshape_q, CheckpointError, r"model.safetensors: tensor 'model.layers.0.self_attn.q_proj.weight' has shape \(3, 48\)"),
 ])
 def test_mismatched_checkpoint_names_the_tensor(qwen3_dir, tmp_path, edit, error, message):
     path = copy_checkpoint(qwen3_dir, tmp_path / "bad", edit)
@@ -140,7 +142,7 @@ def test_unknown_model_type_names_the_file(qwen3_dir, tmp_path):
     path = copy_checkpoint(qwen3_dir, tmp_path / "llama")
     (path / "config.json").write_text(json.dumps({**json.loads((path / "config.json").read_text()),
                                                   "model_type": "llama"}))
-    with pytest.raises(ValueError, match=r"llama/config.json: unknown model_type 'llama'"):
+    with pytest.raises(CheckpointError, match=r"llama/config.json: unknown model_type 'llama'"):
         load_pretrained(path)
 
 
@@ -150,3 +152,86 @@ def test_missing_shard_is_named(tmp_path):
     shard.unlink()
     with pytest.raises(FileNotFoundError, match=shard.name):
         load_pretrained(tmp_path)
+
+
+def rewrite_header(path, edit):
+    """Rewrite a safetensors file's JSON header through `edit(header)`, keeping the data bytes."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+
+
+def first_two(header):
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
+    return header[names[0]], header[names[1]]
+
+
+def negative(header):
+    first_two(header)[1]["data_offsets"] = [-256, 0]
+
+
+def overlapping(header):
+    a, b = first_two(header)
+    size = b["data_offsets"][1] - b["data_offsets"][0]
+    b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + size]
+
+
+def wrong_size(header):
+    first_two(header)[0]["shape"] = [1]
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (negative, r"must be non-negative integers"),
+    (overlapping, r"overlaps the tensor before it"),
+    (wrong_size, r"hold \d+ bytes, shape \[1\] of F32 needs 4"),
+])
+def test_malformed_header_offsets_are_refused(qwen3_dir, tmp_path, edit, problem):
+    path = copy_checkpoint(qwen3_dir, tmp_path / "bad")
+    rewrite_header(path / "model.safetensors", edit)
+    with pytest.raises(CheckpointError, match=rf"bad/model.safetensors: tensor '.*'.* {problem}"):
+        load_pretrained(path)
+
+
+def test_shard_index_paths_outside_the_checkpoint_are_refused(tmp_path):
+    save_tiny("qwen3", tmp_path / "ckpt", max_shard_size="20KB")
+    index = tmp_path / "ckpt" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    name = next(iter(data["weight_map"].values()))
+    (tmp_path / name).write_bytes((tmp_path / "ckpt" / name).read_bytes())  # a file outside it that exists
+    data["weight_map"] = {k: f"../{v}" if v == name else v for k, v in data["weight_map"].items()}
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=rf"index.json: shard '../{name}' is not a file name inside"):
+        load_pretrained(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("config.json", "{broken", r"config.json: not valid JSON"),
+    ("config.json", "[1]", r"config.json: expected a JSON object"),
+    ("model.safetensors.index.json", "{broken", r"model.safetensors.index.json: not valid JSON"),
+    ("model.safetensors.index.json", "{}", r"model.safetensors.index.json: no 'weight_map'"),
+])
+def test_broken_json_files_are_named(qwen3_dir, tmp_path, name, content, message):
+    path = copy_checkpoint(qwen3_dir, tmp_path / "bad")
+    (path / name).write_text(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(path)
+
+
+def test_broken_or_missing_tokenizer_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"tokenizer.json: tokenizer.json not found"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'tokenizer.json'}: not a readable tokenizer"):
+        load_tokenizer(tmp_path)
+
+
+def test_written_safetensors_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        save_tensors({"x": torch.ones(2)}, tmp_path / "x.safetensors")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "x.safetensors").stat().st_mode & 0o777) == "0o640"

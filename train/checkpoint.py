@@ -9,19 +9,25 @@
     run_dir/best/               adapters of the best evaluation, with the tuned threshold in adapters.json
 
 A checkpoint is written to a hidden temporary directory and renamed when complete, so every `step-*`
-directory is whole. Only tensors and JSON are written: nothing is unpickled on load.
+directory is whole. Only tensors and JSON are written: nothing is unpickled on load. A checkpoint damaged
+afterwards (a truncated file, a broken state.json) is skipped with a warning naming the file, and the run resumes
+from the newest one that reads back whole.
 """
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from model.adapters import WEIGHTS, save_adapters
+from model.adapters import META, WEIGHTS, save_adapters
+from model.loading import CheckpointError, mapped_tensors, read_header, read_json, save_tensors
 from train.distributed import Dist, all_gather_lists, barrier
+
+log = logging.getLogger(__name__)
+STATE_KEYS = ("step", "world_size", "param_groups")  # written by save_checkpoint itself
 
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 SCATTER = StateDictOptions(full_state_dict=True, ignore_frozen_params=True, strict=False)
@@ -62,10 +68,10 @@ def save_checkpoint(run_dir, step: int, model, optimizer, state: dict, d: Dist, 
     optim = get_optimizer_state_dict(model, optimizer, options=GATHER)
     rng = all_gather_lists([_rng_state(d.device)], d)
     if d.main:
-        save_file({f"{name}:{key}": value.contiguous() for name, per in optim["state"].items()
-                   for key, value in per.items()}, tmp / "optimizer.safetensors")
+        save_tensors({f"{name}:{key}": value.contiguous() for name, per in optim["state"].items()
+                      for key, value in per.items()}, tmp / "optimizer.safetensors")
         for rank, states in enumerate(rng):
-            save_file({k: v.cpu() for k, v in states.items()}, tmp / f"rng-rank{rank}.safetensors")
+            save_tensors({k: v.cpu() for k, v in states.items()}, tmp / f"rng-rank{rank}.safetensors")
         meta = dict(state, step=step, world_size=d.world_size, param_groups=optim["param_groups"])
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         _publish(tmp, final)
@@ -86,26 +92,66 @@ def save_best(directory, model, d: Dist, **meta) -> None:
 
 
 def latest_checkpoint(run_dir) -> Path | None:
-    """The newest complete checkpoint of a run directory, or None."""
+    """The newest checkpoint directory of a run, or None (whether it reads back whole: see resume_point)."""
     done = sorted((Path(run_dir) / "checkpoints").glob("step-*"))
     return done[-1] if done else None
+
+
+def check_checkpoint(path: Path) -> dict:
+    """state.json of a checkpoint whose every file reads back whole; else a CheckpointError naming the file."""
+    meta = read_json(path / "state.json", "state.json")
+    if not isinstance(meta, dict) or any(key not in meta for key in STATE_KEYS):
+        raise CheckpointError(f"{path / 'state.json'}: lacks one of {', '.join(STATE_KEYS)}")
+    read_json(path / META, "adapters.json")
+    for name in (WEIGHTS, "optimizer.safetensors", *(p.name for p in sorted(path.glob("rng-rank*.safetensors")))):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name}: missing")
+        read_header(path / name)
+    return meta
+
+
+def resume_point(run_dir, warn: bool = True) -> Path | None:
+    """The newest checkpoint that reads back whole; damaged newer ones are skipped with a warning naming the
+    file. None when the run has no checkpoint; an error when it has some but none is readable."""
+    done = sorted((Path(run_dir) / "checkpoints").glob("step-*"), reverse=True)
+    damaged = []
+    for path in done:
+        try:
+            check_checkpoint(path)
+        except (CheckpointError, OSError) as e:
+            damaged.append(str(e))
+            if warn:
+                log.warning("skipping damaged checkpoint: %s", e)
+            continue
+        if damaged and warn:
+            log.warning("resuming from %s, the newest complete checkpoint", path)
+        return path
+    if damaged:
+        raise CheckpointError(f"{run_dir}: no readable checkpoint; newest: {damaged[0]}")
+    return None
 
 
 def load_checkpoint(path, model, optimizer, d: Dist) -> dict:
     """Restore weights, optimizer and this rank's RNG from `path`; returns the loop state saved with them."""
     path = Path(path)
-    meta = json.loads((path / "state.json").read_text())
-    set_model_state_dict(model, load_file(path / WEIGHTS), options=SCATTER)
+    meta = check_checkpoint(path)
+    set_model_state_dict(model, mapped_tensors(path / WEIGHTS), options=SCATTER)
     state = {}
-    for flat, value in load_file(path / "optimizer.safetensors").items():
+    for flat, value in mapped_tensors(path / "optimizer.safetensors").items():
         name, key = flat.rsplit(":", 1)
-        state.setdefault(name, {})[key] = value
+        state.setdefault(name, {})[key] = value.clone()
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": meta.pop("param_groups")},
                              options=SCATTER)
     rng_file = path / f"rng-rank{d.rank}.safetensors"
-    if rng_file.exists():  # absent when resuming on more ranks than wrote the checkpoint
-        rng = load_file(rng_file)
-        torch.set_rng_state(rng["cpu"])
+    if rng_file.is_file():
+        rng = mapped_tensors(rng_file)
+        torch.set_rng_state(rng["cpu"].clone())
         if "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], d.device)
+            torch.cuda.set_rng_state(rng["cuda"].clone(), d.device)
+    elif d.rank < meta["world_size"]:  # written by this many ranks, so this rank's state was written and is lost
+        raise CheckpointError(f"{rng_file}: missing (the checkpoint was written by {meta['world_size']} ranks); "
+                              f"resuming without it would not continue the run")
+    else:
+        log.warning("%s: no RNG state for rank %d (written by %d ranks): its dropout starts from the seed",
+                    path, d.rank, meta["world_size"])
     return meta

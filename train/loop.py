@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 
 from data.batching import BatchSampler, collate_packed, collate_padded, examples
 from data.folds import assign_folds
@@ -19,13 +18,14 @@ from data.inputs import encode, model_family, pad_token_id
 from data.records import read_records
 from model.adapters import load_adapters
 from model.classifier import classification_loss, load_classifier
-from model.loading import resolve
+from model.loading import load_tokenizer
 from model.lora import add_lora
-from train.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
-from train.config import RunConfig, save_config
+from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
+from train.config import ConfigError, RunConfig, save_config
 from train.distributed import Dist, all_gather_lists, all_reduce_sum, init_distributed, prepare_model, shutdown
 from train.metrics import best_threshold, classification_metrics
 from train.progress import MetricsLog, Progress, plot
+from train.rundir import check_resume, lock_run_dir
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -66,7 +66,7 @@ def load_data(cfg: RunConfig, model_type: str):
         valid_records = [r for r, f in zip(records, folds) if f == d.fold]
     else:
         train_records, valid_records = records, []
-    tokenizer = Tokenizer.from_file(str(resolve(cfg.model.path) / "tokenizer.json"))
+    tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
     encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, d.max_length, translate=True))  # noqa: E731
     languages = {r.id: r.language for r in train_records + valid_records}
@@ -152,17 +152,23 @@ def train(cfg: RunConfig) -> dict:
     """Train one run directory (resuming from its newest checkpoint when asked); returns the best metrics."""
     cfg.check()
     d = init_distributed()
+    lock = None
     try:
+        lock = lock_run_dir(cfg.run_dir, d)  # one run per directory, until this process ends
         return _train(cfg, d)
     finally:
+        if lock:
+            lock.release()
         shutdown(d)
 
 
 def _train(cfg: RunConfig, d: Dist) -> dict:
     t, run_dir = cfg.train, Path(cfg.run_dir)
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     if not cfg.resume and latest_checkpoint(run_dir):
-        raise FileExistsError(f"{run_dir} has checkpoints: set resume=true to continue, or choose a new run_dir")
+        raise ConfigError(f"run_dir {run_dir} has checkpoints: set resume=true to continue, or choose a new run_dir")
+    resume_from = resume_point(run_dir, warn=d.main) if cfg.resume else None
+    if resume_from and (run_dir / "config.yaml").is_file():
+        check_resume(cfg, run_dir / "config.yaml")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -178,7 +184,7 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
                            world_size=d.world_size, drop_last=True)
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training examples are fewer than one optimizer step "
+        raise ConfigError(f"{len(train_set)} training examples are fewer than one optimizer step "
                          f"(batch_size x grad_accum x ranks = {per_rank * d.world_size})")
     total = t.max_steps or t.epochs * steps_per_epoch
     collate = (lambda b: collate_packed(b, pad_id, cfg.data.max_length)) if cfg.data.packing else \
@@ -189,7 +195,7 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
     if resume_from:
         state = load_checkpoint(resume_from, model, optimizer, d)
         if state["global_batch"] != per_rank * d.world_size:
-            raise ValueError(f"{resume_from} was written with {state['global_batch']} examples per step, this "
+            raise ConfigError(f"{resume_from} was written with {state['global_batch']} examples per step, this "
                              f"config has {per_rank * d.world_size} (batch_size x grad_accum x ranks): keep the "
                              f"product to resume, or start a new run_dir")
     log = MetricsLog(run_dir / "metrics.jsonl")

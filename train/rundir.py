@@ -1,0 +1,74 @@
+"""One run per directory: an OS lock held while a run (or a recipe) writes there, and a resume that refuses a
+config whose result-changing settings differ from the run's own config.yaml."""
+import fcntl
+import os
+import socket
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from train.config import ConfigError, RunConfig, load_config
+from train.distributed import Dist, all_reduce_sum
+
+# Settings a resumed run may change: they decide when it evaluates, checkpoints and prunes, not what it learns.
+BOOKKEEPING = ("run_dir", "resume", "stages", "predict", "train.eval_every", "train.save_every", "train.keep_last",
+               "train.eval_batch_size")
+
+
+class RunLock:
+    """An exclusive flock on DIR/.lock, naming its holder inside; the OS releases it when the process dies, so a
+    killed run leaves no stale lock. Raises ConfigError at once when another process holds it."""
+
+    def __init__(self, directory):
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.file = open(directory / ".lock", "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ConfigError(f"run_dir {directory}: in use by {holder}; wait for it to finish or choose another "
+                              f"run_dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def lock_run_dir(directory, d: Dist) -> RunLock | None:
+    """Rank 0 takes the lock; every rank raises if it could not (collective)."""
+    lock, error = None, None
+    if d.main:
+        try:
+            lock = RunLock(directory)
+        except ConfigError as e:
+            error = e
+    if all_reduce_sum(torch.tensor([float(error is not None)], device=d.device), d).item():
+        raise error or ConfigError(f"run_dir {directory}: in use by another process (see rank 0)")
+    return lock
+
+
+def flat(cfg: RunConfig) -> dict:
+    """{"run_dir": ..., "train.lr": 1e-4, ...}: every key of a config by its dotted name."""
+    out = {}
+    for key, value in asdict(cfg).items():
+        out.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
+    return out
+
+
+def check_resume(cfg: RunConfig, saved_path: Path) -> None:
+    """Refuse to resume a run whose saved config differs from `cfg` in a result-changing key; each is named."""
+    saved, new = flat(load_config(saved_path)), flat(cfg)
+    changed = [key for key in new if key.split(".")[0] not in BOOKKEEPING and key not in BOOKKEEPING
+               and saved.get(key) != new[key]]
+    if changed:
+        listed = ", ".join(f"{k} ({saved.get(k)!r} -> {new[k]!r})" for k in changed)
+        raise ConfigError(f"{saved_path}: resuming with other settings than the run was started with: {listed}; "
+                          f"start a new run_dir (or set them back). Only {', '.join(BOOKKEEPING)} may change")
