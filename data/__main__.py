@@ -11,4 +11,7 @@ COMMANDS = {"folds": folds.main, "padding": batching.main}
 
 if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
     sys.exit(__doc__.strip() + "\n(add --help after a command for its options)")
-COMMANDS[sys.argv[1]](sys.argv[2:])
+try:
+    COMMANDS[sys.argv[1]](sys.argv[2:])
+except (ValueError, OSError) as e:  # bad file, row or option: one line, as every command of the project says it
+    sys.exit(f"error: {e}")

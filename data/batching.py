@@ -156,6 +156,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     records = read_records(args.file, training=False)
+    if not (args.tokenizer / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{args.tokenizer / 'tokenizer.json'}: not found")
     tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
     data = examples(records, encode(tokenizer, args.family, records, args.max_length, translate=False))
     pad, lengths = pad_token_id(tokenizer, args.family), [len(e.input_ids) for e in data]

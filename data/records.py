@@ -30,10 +30,10 @@ class Record:
 
 
 class DataError(ValueError):
-    """A bad input file: the message names the file, the line and the field."""
+    """A bad input file: the message names the file, the line (when one line is at fault) and the field."""
 
     def __init__(self, path, line, field, problem):
-        where = f"{path}, line {line}" + (f", field '{field}'" if field else "")
+        where = f"{path}" + (f", line {line}" if line else "") + (f", field '{field}'" if field else "")
         super().__init__(f"{where}: {problem}")
 
 
@@ -51,6 +51,8 @@ def clean(text: str, lowercase: bool) -> str:
 def read_rows(path) -> list[tuple[int, dict]]:
     """(line number, row) pairs of a JSON-lines or CSV file; rows are dicts of raw values."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")

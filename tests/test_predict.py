@@ -1,10 +1,12 @@
-"""Ensembling and submission files (the fold models themselves are exercised by the end-to-end demo test)."""
+"""Ensembling and submission files (fold models predicting through the recipe: tests/test_recipe.py)."""
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from train.predict import ensemble, write_submission, zip_submission
+from data.records import DataError
+from train.predict import ensemble, submission_text, write_submission
 
 
 def test_mean_ensemble_averages_probabilities_against_the_mean_threshold():
@@ -23,15 +25,33 @@ def test_vote_uses_each_folds_threshold_and_ties_are_relevant():
 def test_submission_has_every_row_sorted_by_id_with_original_text(tmp_path):
     test_file = tmp_path / "test_QC.txt"
     rows = [{"id": "10", "task": "QC", "language": "fr", "origin_query": "Sac  À Main", "category_path": "bags"},
-            {"id": "9", "task": "QC", "language": "es", "origin_query": "", "category_path": "shoes"},
-            {"id": "7", "task": "QI", "language": "en", "origin_query": "lamp", "item_title": "a lamp"}]
+            {"id": "9", "task": "QC", "language": "es", "origin_query": "", "category_path": "shoes"}]
     test_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    path = write_submission([test_file], "QC", {"9": 1, "10": 0, "7": 1}, tmp_path / "out")
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert lines == [{"id": "9", "language": "es", "origin_query": "", "category_path": "shoes", "prediction": 1},
-                     {"id": "10", "language": "fr", "origin_query": "Sac  À Main", "category_path": "bags",
-                      "prediction": 0}]
-    with pytest.raises(KeyError, match="no prediction for 1 QC rows, first id '10'"):
-        write_submission([test_file], "QC", {"9": 1}, tmp_path / "out")
-    archive = zip_submission([path], tmp_path / "out")
+    text = submission_text([test_file], "QC", {"9": 1, "10": 0})
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {"id": "9", "language": "es", "origin_query": "", "category_path": "shoes", "prediction": 1},
+        {"id": "10", "language": "fr", "origin_query": "Sac  À Main", "category_path": "bags", "prediction": 0}]
+    with pytest.raises(DataError, match=r"test_QC.txt, field 'id': no prediction for 1 QC rows, first id '10'"):
+        submission_text([test_file], "QC", {"9": 1})
+    archive = write_submission({"QC": text}, tmp_path / "out")
     assert zipfile.ZipFile(archive).namelist() == ["submit_QC.txt"]
+    assert zipfile.ZipFile(archive).read("submit_QC.txt").decode() == (tmp_path / "out" / "submit_QC.txt").read_text()
+
+
+def test_a_failed_write_leaves_the_previous_submission_whole(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write_submission({"QC": "old qc\n", "QI": "old qi\n"}, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = Path.write_bytes, []
+
+    def disk_full_on_the_second_file(self, data):
+        calls.append(self.name)
+        if len(calls) == 2:
+            real(self, data[:3])
+            raise OSError(28, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_on_the_second_file)
+    with pytest.raises(OSError, match="No space left"):
+        write_submission({"QC": "new qc\n", "QI": "new qi\n"}, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left either

@@ -1,14 +1,18 @@
 """The whole method end to end on the demo data: stages, folds, resume, summary, submission files."""
 import json
+import shutil
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
 
+from data.records import DataError
 from train.config import ConfigError, load_config
 from train.demo import DEMO_DATA, build_model
 from train.main import main
 from train.recipe import check_stages, final_stages, predict
+from train.recipe import main as recipe_main
 
 
 def recipe(tmp_path, model_dir, **overrides):
@@ -63,7 +67,7 @@ def test_recipe_trains_every_stage_then_writes_the_submission(tmp_path, model_di
 
     # Repeating the command redoes nothing: every run has its result.json, every fold its probabilities.
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
-    stamps.update({p: p.stat().st_mtime_ns for p in run.rglob("probabilities.jsonl")})
+    stamps.update({p: p.stat().st_mtime_ns for p in run.rglob("probabilities.json")})
     assert main([str(recipe(tmp_path, model_dir))]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
@@ -96,3 +100,110 @@ def test_bad_stages_fail_before_any_training(tmp_path, model_dir, stage_change, 
     with pytest.raises(ConfigError, match=message):
         check_stages(load_config(path))
     assert not (tmp_path / "run").exists()
+
+
+def qc_recipe(run_dir, model_dir, **predict):
+    """One QC stage (fold 0 of 3), predicting the demo test file unless told otherwise."""
+    cfg = {"run_dir": str(run_dir), "model": {"path": str(model_dir), "dtype": "float32"}, "lora": {"r": 4, "alpha": 8},
+           "data": {"translations": str(DEMO_DATA / "translations.jsonl"), "n_folds": 3, "max_length": 32},
+           "train": {"lr": 1e-3, "max_steps": 2, "batch_size": 8, "bf16": False},
+           "stages": [{"name": "QC", "folds": [0], "data": {"train": str(DEMO_DATA / "train_QC.txt"), "task": "QC"}}],
+           "predict": {"files": [str(DEMO_DATA / "test_QC.txt")], **predict}}
+    path = Path(run_dir).parent / f"{Path(run_dir).name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_qc(tmp_path_factory, model_dir):
+    """A trained QC fold and its submission; tests work on copies of the run directory."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main([str(qc_recipe(run, model_dir))]) == 0
+    return run
+
+
+@pytest.fixture
+def run(trained_qc, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained_qc, copy)
+    return copy
+
+
+def cached(run):
+    return json.loads((run / "QC" / "fold0" / "predictions" / "probabilities.json").read_text())
+
+
+def test_cached_probabilities_follow_the_rows_content_not_their_ids(run, model_dir, tmp_path):
+    cfg = load_config(qc_recipe(run, model_dir))
+    first = cached(run)
+    rows = [json.loads(line) for line in (DEMO_DATA / "test_QC.txt").open()]
+    changed = tmp_path / "test_QC.txt"  # the same ids, every query another one
+    changed.write_text("".join(json.dumps({**r, "origin_query": rows[(i + 7) % len(rows)]["origin_query"]},
+                                          ensure_ascii=False) + "\n" for i, r in enumerate(rows)))
+    predict(load_config(qc_recipe(run, model_dir), [f"predict.files=[{changed}]"]))
+    second = cached(run)
+    assert second["fingerprint"] != first["fingerprint"]
+    assert second["probabilities"].keys() == first["probabilities"].keys()
+    assert second["probabilities"] != first["probabilities"]
+    (run / "QC" / "fold0" / "predictions" / "probabilities.json").unlink()  # computed afresh: the same numbers
+    predict(load_config(qc_recipe(run, model_dir), [f"predict.files=[{changed}]"]))
+    assert cached(run) == second
+    predict(load_config(qc_recipe(run, model_dir), ["data.max_length=16"]))  # a setting that changes them
+    assert cached(run)["fingerprint"] not in (first["fingerprint"], second["fingerprint"])
+    predict(cfg)
+    assert cached(run) == first
+
+
+def test_a_retrained_fold_never_serves_old_probabilities(run, model_dir):
+    from safetensors.torch import load_file, save_file
+
+    first = cached(run)
+    weights = run / "QC" / "fold0" / "best" / "adapters.safetensors"
+    tensors = load_file(weights)
+    tensors["score.weight"] = tensors["score.weight"] * -3.0  # another fold model, same file names and ids
+    save_file(tensors, weights)
+    predict(load_config(qc_recipe(run, model_dir)))
+    assert cached(run)["fingerprint"] != first["fingerprint"]
+    assert cached(run)["probabilities"] != first["probabilities"]
+
+
+def test_a_moved_base_model_is_found_through_the_configs_model_path(run, model_dir, tmp_path):
+    moved = tmp_path / "moved-model"
+    shutil.copytree(model_dir, moved)
+    cfg = load_config(qc_recipe(run, tmp_path / "nowhere"), [f"model.path={moved}"])
+    before = (run / "submission" / "submit_QC.txt").read_text()
+    shutil.rmtree(run / "QC" / "fold0" / "predictions")
+    predict(cfg)
+    assert (run / "submission" / "submit_QC.txt").read_text() == before
+
+
+@pytest.mark.parametrize("change, error, message", [
+    ({"files": []}, ConfigError, r"predict.files: empty, nothing to predict"),
+    ({"files": ["QI"]}, ConfigError, r"predict.files: .*test_QI.txt holds QI rows, but no stage trains QI"),
+    ({"files": ["QX"]}, DataError, r"bad_task.txt, line 1, field 'task': task 'QX', expected QC or QI"),
+    ({"files": ["QC", "again"]}, DataError, r"again_QC.txt, field 'id': id '\d+' is also in .*test_QC.txt"),
+    ({"files": ["mixed"]}, DataError, r"mixed.txt, line 2, field 'task': task 'QI', expected QC"),
+    ({"stages": []}, ConfigError, r"stages: the config has none"),
+])
+def test_nothing_is_written_for_an_empty_or_ambiguous_prediction(run, model_dir, tmp_path, change, error, message):
+    qc_rows = (DEMO_DATA / "test_QC.txt").read_text().splitlines(keepends=True)
+    qi_row = (DEMO_DATA / "test_QI.txt").read_text().splitlines(keepends=True)[0]
+    files = {"QC": DEMO_DATA / "test_QC.txt", "QI": DEMO_DATA / "test_QI.txt", "QX": tmp_path / "bad_task.txt",
+             "again": tmp_path / "again_QC.txt", "mixed": tmp_path / "mixed.txt"}
+    files["QX"].write_text(qc_rows[0].replace('"QC"', '"QX"'))
+    files["again"].write_text(qc_rows[3])
+    files["mixed"].write_text(qc_rows[0] + qi_row)
+    before = {p.name: p.read_bytes() for p in (run / "submission").iterdir()}
+    cfg = load_config(qc_recipe(run, model_dir))
+    if "files" in change:
+        cfg.predict.files = [str(files[k]) for k in change["files"]]
+    else:
+        cfg.stages = []
+    with pytest.raises(error, match=message):
+        predict(cfg)
+    assert {p.name: p.read_bytes() for p in (run / "submission").iterdir()} == before
+
+
+def test_predict_command_prints_one_error_line(run, model_dir, capsys):
+    assert recipe_main(["predict", str(qc_recipe(run, model_dir)), "predict.files=[]"]) == 1
+    assert capsys.readouterr().err == "error: predict.files: empty, nothing to predict\n"

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from data.batching import BatchSampler, Example, collate_packed, collate_padded
 from data.inputs import encode, pad_token_id
 from data.records import read_records
+from train.cli import run_command
 
 SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's and gemma-3-1b-pt's
     "qwen3-tiny": dict(model_type="qwen3", vocab_size=151936, hidden_size=512, intermediate_size=1536,
@@ -69,8 +70,12 @@ def prepare(args, directory: Path):
 
     shape = SHAPES[args.model_shape]
     fam, folder = TOKENIZERS[shape["model_type"]]
-    tokenizer = Tokenizer.from_file(str(args.shared / "tokenizers" / folder / "tokenizer.json"))
-    records = read_records(args.shared / "data" / "qc_sample.jsonl")
+    tokenizer_file, sample = args.shared / "tokenizers" / folder / "tokenizer.json", args.shared / "data" / "qc_sample.jsonl"
+    for path in (sample, tokenizer_file):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found (--shared names the folder with data/ and tokenizers/)")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    records = read_records(sample)
     ids = encode(tokenizer, fam, records, args.max_length, translate=False)
     pad = pad_token_id(tokenizer, fam)
     order = np.random.default_rng(0).permutation(len(ids))[: MEGABATCH * args.batch_size]
@@ -257,4 +262,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -8,7 +8,11 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 import yaml
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}  # model.dtype -> torch dtype
 
 
 class ConfigError(ValueError):

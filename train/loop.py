@@ -21,13 +21,11 @@ from model.classifier import classification_loss, load_classifier
 from model.loading import load_tokenizer
 from model.lora import add_lora
 from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
-from train.config import ConfigError, RunConfig, save_config
+from train.config import DTYPES, ConfigError, RunConfig, save_config
 from train.distributed import Dist, all_gather_lists, all_reduce_sum, init_distributed, prepare_model, shutdown
 from train.metrics import best_threshold, classification_metrics
 from train.progress import MetricsLog, Progress, plot
 from train.rundir import check_resume, lock_run_dir
-
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def lr_at(step: int, total: int, cfg) -> float:

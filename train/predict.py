@@ -1,28 +1,36 @@
 """Fold models -> probabilities per fold -> ensemble -> threshold -> the competition's submission files.
 
-Every row of a dev/test file gets a prediction: nothing is dropped, whatever its query or target.
+Every row of a dev/test file gets a prediction: nothing is dropped, whatever its query or target. A fold's
+probabilities are cached beside it and reused only while they were computed from the same rows (cleaned text and
+translations), by the same fold model (its adapter files' hash) and base model, with the same settings.
 """
+import hashlib
+import io
 import json
+import os
 import sys
 import zipfile
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
 
 from data.batching import collate_padded, examples
 from data.inputs import encode, model_family, pad_token_id
-from data.records import TARGET_FIELD, read_records, read_rows
-from model.adapters import load_adapters
+from data.records import TARGET_FIELD, DataError, Record, read_rows
+from model.adapters import META, WEIGHTS, load_adapters
 from model.classifier import load_classifier
-from model.loading import resolve
+from model.loading import load_tokenizer, read_json, resolve
 from model.lora import add_lora
+from train.config import DTYPES, RunConfig
 from train.loop import to_device
+from train.rundir import write_atomic
+
+CACHE = "probabilities.json"
 
 
-def load_fold_model(best_dir, info: dict, dtype, device):
-    """The classifier of a run's best/ directory (info: its adapters.json): base model + LoRA + head."""
-    classifier = load_classifier(info["base_model"], num_labels=info["num_labels"], dtype=dtype, device=device)
+def load_fold_model(best_dir, info: dict, base_model, dtype, device):
+    """The classifier of a run's best/ directory (info: its adapters.json) on `base_model`: base + LoRA + head."""
+    classifier = load_classifier(base_model, num_labels=info["num_labels"], dtype=dtype, device=device)
     add_lora(classifier, info["r"], info["alpha"], 0.0, tuple(info["targets"]))
     load_adapters(classifier, best_dir)
     return classifier.eval()
@@ -44,28 +52,48 @@ def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16:
     return probs
 
 
-def predict_fold(best_dir, files, task: str, translations: str, max_length: int, lowercase: bool, out_dir,
-                 batch_size: int, device, dtype, bf16: bool) -> tuple[dict[str, float], float]:
-    """Probabilities of one fold model over the rows of `files`, all of `task`, and the model's tuned threshold.
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    They are kept in out_dir/probabilities.jsonl and reused while they cover exactly the rows of `files`.
+
+def fingerprint(run: RunConfig, best_dir: Path, base: Path, records: list[Record]) -> str:
+    """What the probabilities of `records` depend on: the rows as the model sees them, the fold model's files,
+    the base model (config, tokenizer, weight file sizes) and the settings that change the computed numbers."""
+    weights = sorted((p.name, p.stat().st_size) for p in base.glob("*.safetensors"))
+    parts = {
+        "rows": [[r.id, r.query, r.target, r.translation] for r in records],
+        "adapters": [file_hash(best_dir / WEIGHTS), file_hash(best_dir / META)],
+        "base": [file_hash(base / "config.json"), file_hash(base / "tokenizer.json"), weights],
+        "settings": [run.data.max_length, run.data.lowercase, run.model.dtype, run.train.bf16],
+    }
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
+    """Probabilities of the fold model in run.run_dir/best over `records`, and the model's tuned threshold.
+
+    The config's model.path is the base model (so a moved or downloaded checkpoint works); the one recorded in
+    adapters.json is used only when the config names none.
     """
-    info = json.loads((Path(best_dir) / "adapters.json").read_text())
-    records = [r for f in files for r in read_records(f, task, translations or None, lowercase, training=False)]
-    cache = Path(out_dir) / "probabilities.jsonl"
+    best_dir = Path(run.run_dir) / "best"
+    info = read_json(best_dir / META, "adapters.json of a trained fold")
+    base = resolve(run.model.path or info["base_model"])
+    key = fingerprint(run, best_dir, base, records)
+    cache = Path(run.run_dir) / "predictions" / CACHE
     if cache.is_file():
-        probs = {r["id"]: r["prob"] for r in map(json.loads, cache.read_text().splitlines())}
-        if probs.keys() == {r.id for r in records}:
-            return probs, info["threshold"]
-    classifier = load_fold_model(best_dir, info, dtype, device)
+        cached = read_json(cache)
+        if cached.get("fingerprint") == key:
+            return cached["probabilities"], info["threshold"]
+    classifier = load_fold_model(best_dir, info, base, DTYPES[run.model.dtype], device)
     family = model_family(classifier.model.config.model_type)
-    tokenizer = Tokenizer.from_file(str(resolve(info["base_model"]) / "tokenizer.json"))
-    items = examples(records, encode(tokenizer, family, records, max_length, translate=True))
-    probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, bf16)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({"id": i, "prob": p}) + "\n" for i, p in probs.items()))
-    tmp.replace(cache)
+    tokenizer = load_tokenizer(base)
+    items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True))
+    probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
+    write_atomic(cache, json.dumps({"fingerprint": key, "probabilities": probs}, ensure_ascii=False))
     return probs, info["threshold"]
 
 
@@ -86,25 +114,42 @@ def id_order(id_: str):
     return (0, int(id_), "") if id_.isdigit() else (1, 0, id_)
 
 
-def write_submission(files, task: str, predictions: dict[str, int], out_dir) -> Path:
-    """submit_<task>.txt: one JSON line per row of `files` of this task, sorted by id, with its prediction."""
+def submission_text(files, task: str, predictions: dict[str, int]) -> str:
+    """submit_<task>.txt: one JSON line per row of `files` (all of this task), sorted by id, with its prediction."""
     target = TARGET_FIELD[task]
-    rows = [row for f in files for _, row in read_rows(f) if row.get("task") == task]
-    missing = [row["id"] for row in rows if str(row["id"]) not in predictions]
+    rows = [(path, row) for path in files for _, row in read_rows(path)]
+    missing = [(path, row["id"]) for path, row in rows if str(row["id"]) not in predictions]
     if missing:
-        raise KeyError(f"no prediction for {len(missing)} {task} rows, first id {missing[0]!r}")
-    path = Path(out_dir) / f"submit_{task}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in sorted(rows, key=lambda r: id_order(str(r["id"]))):
-            out = {k: row.get(k) for k in ("id", "language", "origin_query", target)}
-            f.write(json.dumps({**out, "prediction": predictions[str(row["id"])]}, ensure_ascii=False) + "\n")
-    return path
+        raise DataError(missing[0][0], None, "id", f"no prediction for {len(missing)} {task} rows, first id "
+                                                   f"{missing[0][1]!r}")
+    lines = []
+    for _, row in sorted(rows, key=lambda r: id_order(str(r[1]["id"]))):
+        out = {k: row.get(k) for k in ("id", "language", "origin_query", target)}
+        lines.append(json.dumps({**out, "prediction": predictions[str(row["id"])]}, ensure_ascii=False) + "\n")
+    return "".join(lines)
 
 
-def zip_submission(paths, out_dir) -> Path:
-    archive = Path(out_dir) / "submit.zip"
+def write_submission(texts: dict[str, str], out_dir) -> Path:
+    """submit_<task>.txt for each task's text, and submit.zip of them. Every file is first written under a
+    temporary name, and only when all are complete are they renamed into place: a failure (a full disk, say)
+    leaves the previous submission whole."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {f"submit_{task}.txt": text.encode() for task, text in sorted(texts.items())}
+    archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in paths:
-            z.write(path, Path(path).name)
-    return archive
+        for name, content in files.items():
+            z.writestr(name, content)
+    files["submit.zip"] = archive.getvalue()
+    written = []
+    try:
+        for name, content in files.items():
+            written.append(out_dir / f".tmp-{name}")
+            written[-1].write_bytes(content)
+    except BaseException:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    for name, tmp in zip(files, written):
+        os.replace(tmp, out_dir / name)
+    return out_dir / "submit.zip"

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
-from data.records import read_rows
+from data.records import TARGET_FIELD, DataError, read_records, read_rows
+from train.cli import run_command
 from train.config import ConfigError, RunConfig, StageSection, load_config, merge_section
 from train.loop import train
-from train.predict import ensemble, predict_fold, write_submission, zip_submission
+from train.predict import ensemble, predict_fold, submission_text, write_submission
+from train.rundir import RunLock, write_atomic
 
 RESULT = "result.json"  # written when a run finishes; its presence means "done"
 
@@ -64,6 +66,15 @@ def check_stages(cfg: RunConfig) -> None:
 def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
     """Train every stage and fold not yet done; on rank 0 print the summary and write the submission."""
     check_stages(cfg)
+    lock = RunLock(cfg.run_dir) if rank == 0 else None  # one recipe per run_dir (each run also locks its own)
+    try:
+        return _run_recipe(cfg, rank)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _run_recipe(cfg: RunConfig, rank: int) -> dict:
     results = {}
     for stage in cfg.stages:
         for fold in fold_names(stage):
@@ -73,10 +84,8 @@ def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
                 result = train(run)
                 if "stopped_at" in result:  # pre-empted: the rest waits for the next launch
                     return {}
-                if rank == 0:  # write then rename: a kill mid-write must not leave a half "done" marker
-                    tmp = done.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(result, indent=2) + "\n")
-                    tmp.replace(done)
+                if rank == 0:  # written whole or not at all: a half "done" marker would skip the run
+                    write_atomic(done, json.dumps(result, indent=2) + "\n")
             results[stage.name, fold] = json.loads(done.read_text()) if rank == 0 else {}
     if rank != 0:
         return results
@@ -117,34 +126,62 @@ def summary(cfg: RunConfig, results: dict) -> str:
 
 
 def predict(cfg: RunConfig) -> Path:
-    """Every fold model of each task's final stage over the predict files, ensembled into submit.zip."""
+    """Every fold model of each task's final stage over the predict files, ensembled into submit.zip.
+
+    Refuses, naming the file, anything that would make a wrong or partial submission: no files, a file of a task
+    no stage trains, rows of two tasks in one file, an id in two files of one task. The previous submission stays
+    whole until the new one is complete.
+    """
     p, device = cfg.predict, "cuda" if torch.cuda.is_available() else "cpu"
-    out_dir = Path(p.out_dir or Path(cfg.run_dir) / "submission")
-    written = []
-    for task, stage in final_stages(cfg).items():
-        files = [f for f in p.files if task_of(f) == task]
-        if not files:
-            continue
-        data = stage_data(cfg, stage)
+    if not cfg.stages:
+        raise ConfigError("stages: the config has none, so there are no trained folds to predict with")
+    if not p.files:
+        raise ConfigError("predict.files: empty, nothing to predict")
+    finals, files_of = final_stages(cfg), {}
+    for path in p.files:
+        line, first = read_rows(path)[0]
+        task = first.get("task")
+        if task not in TARGET_FIELD:
+            raise DataError(path, line, "task", f"task {task!r}, expected QC or QI")
+        if task not in finals:
+            raise ConfigError(f"predict.files: {path} holds {task} rows, but no stage trains {task}")
+        files_of.setdefault(task, []).append(path)
+    texts = {}
+    for task, files in files_of.items():
+        stage, data = finals[task], stage_data(cfg, finals[task])
+        records, source = [], {}
+        for path in files:  # read_records(task=...) names the line of a row of another task
+            for r in read_records(path, task, data.translations or None, data.lowercase, training=False):
+                if r.id in source:
+                    raise DataError(path, None, "id", f"id {r.id!r} is also in {source[r.id]}: an id may appear "
+                                                      f"only once among the {task} files")
+                source[r.id] = path
+                records.append(r)
         fold_probs, thresholds = [], []
         for fold in fold_names(stage):
-            run_dir = Path(cfg.run_dir) / stage.name / fold
-            probs, threshold = predict_fold(run_dir / "best", files, task, data.translations, data.max_length,
-                                            data.lowercase, run_dir / "predictions", p.batch_size, device,
-                                            torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32,
-                                            cfg.train.bf16)
+            probs, threshold = predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)
             fold_probs.append(probs)
             thresholds.append(threshold)
-        written.append(write_submission(files, task, ensemble(fold_probs, thresholds, p.ensemble), out_dir))
-    return zip_submission(written, out_dir)
+        texts[task] = submission_text(files, task, ensemble(fold_probs, thresholds, p.ensemble))
+    return write_submission(texts, p.out_dir or Path(cfg.run_dir) / "submission")
 
 
-def task_of(path) -> str:
-    """The task of a competition file, from its first row (reading it checks that every row has that task)."""
-    return str(read_rows(path)[0][1].get("task"))
+def main(argv=None) -> int:
+    """`python -m train.recipe predict CONFIG.yaml [key.sub=value ...]`."""
+    return run_command(_predict_main, sys.argv[1:] if argv is None else argv)
+
+
+def _predict_main(argv) -> int:
+    if len(argv) < 2 or argv[0] != "predict":
+        sys.exit(__doc__.strip())
+    cfg = load_config(argv[1], argv[2:])
+    lock = RunLock(cfg.run_dir)
+    try:
+        print(f"submission: {predict(cfg)}")
+    finally:
+        lock.release()
+    return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] != "predict":
-        sys.exit(__doc__.strip())
-    print(f"submission: {predict(load_config(sys.argv[2], sys.argv[3:]))}")
+    sys.exit(main())

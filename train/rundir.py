@@ -1,5 +1,5 @@
-"""One run per directory: an OS lock held while a run (or a recipe) writes there, and a resume that refuses a
-config whose result-changing settings differ from the run's own config.yaml."""
+"""One run per directory: an OS lock held while a run (or a recipe) writes there, a resume that refuses a config
+whose result-changing settings differ from the run's own config.yaml, and files written whole or not at all."""
 import fcntl
 import os
 import socket
@@ -11,9 +11,22 @@ import torch
 from train.config import ConfigError, RunConfig, load_config
 from train.distributed import Dist, all_reduce_sum
 
-# Settings a resumed run may change: they decide when it evaluates, checkpoints and prunes, not what it learns.
-BOOKKEEPING = ("run_dir", "resume", "stages", "predict", "train.eval_every", "train.save_every", "train.keep_last",
-               "train.eval_batch_size")
+# Settings a resumed run may change, as they do not change what it learns: where and when it evaluates,
+# checkpoints and prunes, and how a step is laid out (the loop refuses a change of the examples per step,
+# batch_size x grad_accum x ranks; how they are split gives the same update, tested).
+MAY_CHANGE = ("run_dir", "resume", "stages", "predict", "train.eval_every", "train.save_every", "train.keep_last",
+              "train.eval_batch_size", "train.batch_size", "train.grad_accum", "train.activation_checkpointing",
+              "train.compile")
+
+
+def write_atomic(path, content: str | bytes) -> None:
+    """Write `content` to a temporary sibling, then rename it over `path`: a reader (or a kill) sees the old file
+    or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+    os.replace(tmp, path)
 
 
 class RunLock:
@@ -66,9 +79,9 @@ def flat(cfg: RunConfig) -> dict:
 def check_resume(cfg: RunConfig, saved_path: Path) -> None:
     """Refuse to resume a run whose saved config differs from `cfg` in a result-changing key; each is named."""
     saved, new = flat(load_config(saved_path)), flat(cfg)
-    changed = [key for key in new if key.split(".")[0] not in BOOKKEEPING and key not in BOOKKEEPING
+    changed = [key for key in new if key.split(".")[0] not in MAY_CHANGE and key not in MAY_CHANGE
                and saved.get(key) != new[key]]
     if changed:
         listed = ", ".join(f"{k} ({saved.get(k)!r} -> {new[k]!r})" for k in changed)
         raise ConfigError(f"{saved_path}: resuming with other settings than the run was started with: {listed}; "
-                          f"start a new run_dir (or set them back). Only {', '.join(BOOKKEEPING)} may change")
+                          f"start a new run_dir (or set them back). Only {', '.join(MAY_CHANGE)} may change")

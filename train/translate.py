@@ -11,20 +11,20 @@ or comes back empty falls back to the original query and is counted in the repor
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer
 
 from data import read_records
 from model import load_pretrained
 from model.generate import generate
-from model.loading import resolve
+from model.loading import load_tokenizer, read_json, resolve
+from train.cli import run_command
 from train.distributed import barrier, init_distributed, shutdown
+from train.rundir import write_atomic
 
 INSTRUCTION = ("Translate this e-commerce search query into English. Reply with the translation only.\n\n"
                "Query: {query}")
@@ -34,9 +34,9 @@ class Prompter:
     """Prompt token ids from the checkpoint's chat template (tokenizer_config.json), or a plain prompt."""
 
     def __init__(self, directory: Path):
-        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(directory)
         config_path = directory / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        config = read_json(config_path) if config_path.is_file() else {}
         special = {k: v.get("content") if isinstance(v, dict) else v for k, v in config.items() if k.endswith("_token")}
         self.special = special
         template = config.get("chat_template")
@@ -64,7 +64,7 @@ def eos_token_ids(directory: Path, prompter: Prompter) -> set[int]:
     ids = set()
     for name in ("config.json", "generation_config.json"):
         if (directory / name).is_file():
-            value = json.loads((directory / name).read_text()).get("eos_token_id")
+            value = read_json(directory / name).get("eos_token_id")
             ids |= set(value if isinstance(value, list) else [value] if value is not None else [])
     eos = prompter.special.get("eos_token")
     if eos and prompter.tokenizer.token_to_id(eos) is not None:
@@ -76,7 +76,7 @@ def read_done(output: Path) -> dict[str, str | None]:
     """query -> translation (None = failed) from the part files of earlier, possibly interrupted, runs."""
     done = {}
     for part in sorted(output.parent.glob(output.name + ".rank*.part")):
-        for line in part.read_text().splitlines():
+        for line in part.read_text().split("\n"):  # not splitlines(): a query may hold U+2028
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
@@ -144,16 +144,13 @@ def main(argv=None) -> None:
         done = read_done(args.output)
         queries = list(dict.fromkeys(r.query for r in records))
         failed = [q for q in queries if q not in english and not done.get(q)]
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        with tmp.open("w") as f:
-            for q in queries:
-                translation = q if q in english else done.get(q) or q
-                f.write(json.dumps({"origin_query": q, "translated_query": translation}, ensure_ascii=False) + "\n")
-        os.replace(tmp, args.output)
+        write_atomic(args.output, "".join(
+            json.dumps({"origin_query": q, "translated_query": q if q in english else done.get(q) or q},
+                       ensure_ascii=False) + "\n" for q in queries))
         log(f"wrote {args.output}: {len(queries)} queries of {len(records)} rows, {len(failed)} without a "
             f"translation (original query kept)")
     shutdown(dist)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

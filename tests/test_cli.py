@@ -1,0 +1,48 @@
+"""Every command turns a user error into one line `error: <where>: <what>` and exit status 1, no traceback."""
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.cli import error_line, run_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_os_errors_read_as_file_then_problem():
+    assert error_line(OSError(errno.ENOSPC, "No space left on device", "runs/x/best")) == \
+        "error: runs/x/best: No space left on device"
+    assert error_line(FileNotFoundError("data.train: file not found: x.jsonl")) == \
+        "error: data.train: file not found: x.jsonl"
+
+
+def test_bugs_keep_their_traceback():
+    def buggy(argv):
+        raise IndexError("a bug")
+
+    with pytest.raises(IndexError):
+        run_command(buggy, [])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, expected", [
+    (["-m", "data", "folds", "nowhere.jsonl"], "error: nowhere.jsonl: file not found"),
+    (["-m", "data", "folds", "BAD"], "error: BAD, line 1: malformed JSON"),
+    (["-m", "data", "padding", "BAD", "nowhere", "qwen"], "error: BAD, line 1: malformed JSON"),
+    (["train/main.py", "BAD_YAML"], "error: BAD_YAML, line 3: mapping values are not allowed here"),
+    (["-m", "train.recipe", "predict", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),
+    (["-m", "train.translate", "BAD", "--model", "x", "--output", "t.jsonl"], "error: BAD, line 1: malformed JSON"),
+    (["-m", "train.benchmark", "--shared", "nowhere"], "error: nowhere/data/qc_sample.jsonl: not found"),
+])
+def test_each_command_prints_one_error_line(tmp_path, command, expected):
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    (tmp_path / "bad.yaml").write_text("train:\n  lr: 1\n   epochs: 2\n")
+    replace = {"BAD": str(tmp_path / "bad.jsonl"), "BAD_YAML": str(tmp_path / "bad.yaml")}
+    command = [replace.get(c, c) for c in command]
+    out = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected.replace("BAD_YAML", replace["BAD_YAML"]).replace(
+        "BAD", replace["BAD"])), out.stderr
