@@ -1,9 +1,14 @@
-"""Category-aware, query-grouped, stratified K-fold split.
+"""Category-aware, query-grouped, stratified K-fold split, and the language-held-out split built on it.
 
 Groups: QI rows by normalised query, QC rows by the first `levels` levels of the category path, so a
 validation fold holds queries (QI) or category subtrees (QC) never seen in training. Strata: language x label
 (x top-level category if asked). Groups go greedily, largest first, to the fold where they least increase the
 squared relative deviation of fold size and stratum counts from their targets.
+
+Language-held-out fold k (`split_rows(..., language_groups=...)`) validates on grouped fold k mod K and trains
+on the other grouped folds minus every row of language group k: its held-out languages are never seen in
+training, no category group (or query) crosses the split, and the seen languages' rows of the same validation
+fold give the seen-language figure of the same model.
 
     python -m data folds FILE [--folds K] [--levels N] [--seed S] [--top-level] [--out PATH]
 
@@ -63,6 +68,26 @@ def assign_folds(records, n_folds=5, levels=2, seed=0, stratify_top_level=False)
         for i in groups[keys[g]]:
             folds[i] = f
     return folds
+
+
+def default_language_groups(records) -> list[list[str]]:
+    """One held-out group per language of the records, in alphabetical order."""
+    return [[lang] for lang in sorted({r.language for r in records})]
+
+
+def split_rows(records, fold: int, n_folds: int = 5, levels: int = 2, seed: int = 0, top_level: bool = False,
+               language_groups=None) -> tuple[list[int], list[int]]:
+    """(training row indices, validation row indices) of fold `fold`: of the grouped K-fold split, or, with
+    `language_groups`, of the language-held-out split (fold k holds out language_groups[k], see above)."""
+    if language_groups is not None and not 0 <= fold < len(language_groups):
+        raise ValueError(f"fold {fold} is not in [0, {len(language_groups)}): one fold per held-out language group "
+                         f"{language_groups}")
+    folds = assign_folds(records, n_folds, levels, seed, top_level)
+    if language_groups is None:
+        return [i for i, f in enumerate(folds) if f != fold], [i for i, f in enumerate(folds) if f == fold]
+    held_out, grouped = set(language_groups[fold]), fold % n_folds
+    train = [i for i, (r, f) in enumerate(zip(records, folds)) if f != grouped and r.language not in held_out]
+    return train, [i for i, f in enumerate(folds) if f == grouped]
 
 
 def shares(records, languages) -> list[float]:

@@ -7,6 +7,7 @@ file's pages, read only when used (a 262k-row embedding costs only the rows look
 Every damaged or malformed file (JSON, safetensors header, shard index) is a CheckpointError naming the file.
 Written safetensors files respect the umask, as every other file does.
 """
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -49,6 +50,15 @@ def load_tokenizer(path_or_id) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
         raise CheckpointError(f"{path}: not a readable tokenizer ({e})") from None
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.folds import assign_folds, fold_stats, group_key, main
+from data.folds import assign_folds, default_language_groups, fold_stats, group_key, main, split_rows
 from data.records import Record, read_records
 
 record = st.builds(
@@ -22,6 +22,32 @@ record = st.builds(
     st.sampled_from(["Red Shoes", "red  shoes", "ｒｅｄ shoes", "bag"]),
     st.sampled_from(["a,b,c", "a,b,d", "a,x", "food,flour, baking,x", "food,flour, baking,y", "z"]),
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(record, min_size=8, max_size=60), st.integers(2, 4), st.integers(1, 3), st.integers(0, 3),
+       st.sampled_from([None, [["en"], ["ja", "ko"]], [["ko"], ["en"], ["ja"]]]))
+def test_held_out_languages_and_groups_never_reach_training(records, n_folds, levels, seed, language_groups):
+    n_groups = len({group_key(r, levels) for r in records})
+    if n_groups < n_folds:
+        return
+    for fold in range(len(language_groups) if language_groups else n_folds):
+        train, valid = split_rows(records, fold, n_folds, levels, seed, False, language_groups)
+        assert not set(train) & set(valid)
+        assert not {group_key(records[i], levels) for i in train} & {group_key(records[i], levels) for i in valid}
+        if language_groups:
+            assert not {records[i].language for i in train} & set(language_groups[fold])
+            assert valid == [i for i, f in enumerate(assign_folds(records, n_folds, levels, seed))
+                             if f == fold % n_folds]  # its seen languages' rows are validated too
+        else:
+            assert sorted(train + valid) == list(range(len(records)))
+
+
+def test_default_language_groups_are_one_per_language():
+    records = [Record(str(i), "QC", lang, "q", "a,b", 1, None) for i, lang in enumerate(["ko", "en", "ko", "ja"])]
+    assert default_language_groups(records) == [["en"], ["ja"], ["ko"]]
+    with pytest.raises(ValueError, match=r"fold 3 is not in \[0, 3\)"):
+        split_rows(records, 3, 2, 2, 0, False, default_language_groups(records))
 
 
 @settings(max_examples=60, deadline=None)

@@ -9,17 +9,18 @@ from data.records import DataError
 from train.predict import ensemble, submission_text, write_submission
 
 
-def test_mean_ensemble_averages_probabilities_against_the_mean_threshold():
+def test_mean_ensemble_averages_probabilities_against_each_rows_threshold():
     folds = [{"a": 0.9, "b": 0.2, "c": 0.55}, {"a": 0.7, "b": 0.5, "c": 0.35}]
-    assert ensemble(folds, [0.5, 0.4]) == {"a": 1, "b": 0, "c": 1}  # c: mean 0.45 >= 0.45
+    assert ensemble(folds, [1, 1], lambda i: 0.45) == {"a": 1, "b": 0, "c": 1}  # c: mean 0.45 >= 0.45
+    assert ensemble(folds, [1, 1], {"a": 0.9, "b": 0.3, "c": 0.45}.get) == {"a": 0, "b": 1, "c": 1}
+    assert ensemble(folds, [3, 1], lambda i: 0.5) == {"a": 1, "b": 0, "c": 1}  # c: (3 * 0.55 + 0.35) / 4 = 0.5
 
 
-def test_vote_uses_each_folds_threshold_and_ties_are_relevant():
+def test_vote_weighs_each_fold_and_ties_are_relevant():
     folds = [{"a": 0.9, "b": 0.2}, {"a": 0.3, "b": 0.3}, {"a": 0.35, "b": 0.9}]
-    assert ensemble(folds, [0.5, 0.25, 0.3], "vote") == {"a": 1, "b": 1}
-    assert ensemble(folds[:2], [0.5, 0.5], "vote") == {"a": 1, "b": 0}  # a: 1 of 2 votes, a tie
-    with pytest.raises(ValueError, match="unknown ensemble method 'max'"):
-        ensemble(folds, [0.5] * 3, "max")
+    assert ensemble(folds, [1, 1, 1], lambda i: 0.32, vote=True) == {"a": 1, "b": 0}
+    assert ensemble(folds[:2], [1, 1], lambda i: 0.5, vote=True) == {"a": 1, "b": 0}  # a: 1 of 2 votes, a tie
+    assert ensemble(folds, [1, 1, 2.5], lambda i: 0.5, vote=True) == {"a": 0, "b": 1}  # the heavy fold decides
 
 
 def test_submission_has_every_row_sorted_by_id_with_original_text(tmp_path):

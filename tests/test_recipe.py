@@ -5,13 +5,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from data.records import DataError
+from data.records import DataError, read_records
+from model.loading import CheckpointError, file_hash
 from train.config import ConfigError, load_config
 from train.demo import DEMO_DATA, build_model
 from train.main import main
-from train.recipe import check_stages, final_stages, predict
+from train.recipe import check_stages, final_stages, out_of_fold, predict
 from train.recipe import main as recipe_main
 
 
@@ -207,3 +209,83 @@ def test_nothing_is_written_for_an_empty_or_ambiguous_prediction(run, model_dir,
 def test_predict_command_prints_one_error_line(run, model_dir, capsys):
     assert recipe_main(["predict", str(qc_recipe(run, model_dir)), "predict.files=[]"]) == 1
     assert capsys.readouterr().err == "error: predict.files: empty, nothing to predict\n"
+
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory, model_dir):
+    """QI pre-training, then every QC fold starting from it."""
+    tmp = tmp_path_factory.mktemp("chained")
+    path = recipe(tmp, model_dir, predict={"files": [str(DEMO_DATA / "test_QC.txt")]})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stages"] = cfg["stages"][:2]
+    cfg["stages"][1]["folds"] = [0, 1, 2]
+    path.write_text(yaml.safe_dump(cfg))
+    assert main([str(path)]) == 0
+    return path
+
+
+@pytest.mark.slow
+def test_out_of_fold_rows_cover_every_training_row_once(chained):
+    cfg = load_config(chained)
+    stage = cfg.stages[1]
+    oof = out_of_fold(cfg, stage)
+    training = read_records(DEMO_DATA / "train_QC.txt", "QC", None)
+    assert sorted(oof["ids"]) == sorted(r.id for r in training)  # every row once, by the fold that held it out
+    assert set(oof["folds"]) == {"fold0", "fold1", "fold2"}
+    labels = {r.id: r.label for r in training}
+    assert oof["labels"] == [labels[i] for i in oof["ids"]]
+
+
+@pytest.mark.slow
+def test_a_stage_hand_off_is_recorded_evaluated_at_step_0_and_checked(chained, tmp_path, monkeypatch, capsys):
+    run = load_config(chained).run_dir
+    source = Path(run) / "pre_QI" / "full" / "best" / "adapters.safetensors"
+    for fold in ("fold0", "fold1", "fold2"):
+        result = json.loads((Path(run) / "QC" / fold / "result.json").read_text())
+        assert result["init"] == {"path": str(source), "sha256": file_hash(source)}
+        assert 0 <= result["step0"]["auc"] <= 1
+        valid = [json.loads(line) for line in (Path(run) / "QC" / fold / "metrics.jsonl").open()]
+        assert [r["step"] for r in valid if r["split"] == "valid"][0] == 0  # evaluated before any update
+    capsys.readouterr()
+    assert main([str(chained)]) == 0  # a finished recipe prints its summary again
+    out = capsys.readouterr().out
+    assert "F1@0" in out and "AUC@0" in out
+    assert "QC thresholds, out-of-fold F1 of each choice over 400 rows (cross-fitted): 0.5 " in out
+
+    import train.loop
+
+    def fresh_adapters(model, *args, **kwargs):  # a hand-off that re-initialises what it loaded
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("lora_B"):
+                    p.zero_()
+        return model
+
+    monkeypatch.setattr(train.loop, "prepare_model", fresh_adapters)
+    follow = tiny_follow(load_config(chained), tmp_path)
+    with pytest.raises(CheckpointError, match=r"starting tensor '.*lora_B' differs from the file's"):
+        train.loop.train(follow)
+
+
+def tiny_follow(cfg, tmp_path):
+    from train.recipe import stage_run
+
+    run = stage_run(cfg, cfg.stages[1], "fold0")
+    run.run_dir = str(tmp_path / "follow")
+    return run
+
+
+@pytest.mark.slow
+def test_language_held_out_folds_report_unseen_next_to_seen_languages(tmp_path, model_dir, capsys):
+    path = qc_recipe(tmp_path / "run", model_dir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"].update(split="languages", held_out_languages=[["ja", "ko"], ["es"]])
+    cfg["stages"][0]["folds"] = [0, 1]
+    path.write_text(yaml.safe_dump(cfg))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out languages [['ja', 'ko'], ['es']]" in out and "unseen F1" in out and "seen AUC" in out
+    for fold, held in (("fold0", {"ja", "ko"}), ("fold1", {"es"})):
+        result = json.loads((tmp_path / "run" / "QC" / fold / "result.json").read_text())
+        assert result["held_out"] == sorted(held) and 0 <= result["unseen_auc"] <= 1
+        assert result["unseen_rows"] > 0 and result["seen_rows"] > 0

@@ -27,6 +27,7 @@ from model.loading import CheckpointError, mapped_tensors, read_header, read_jso
 from train.distributed import Dist, all_gather_lists, barrier
 
 log = logging.getLogger(__name__)
+VALIDATION = "validation.json"  # in best/: the validation probabilities of that model, for out-of-fold thresholds
 STATE_KEYS = ("step", "world_size", "param_groups")  # written by save_checkpoint itself
 
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -81,12 +82,15 @@ def save_checkpoint(run_dir, step: int, model, optimizer, state: dict, d: Dist, 
     return final
 
 
-def save_best(directory, model, d: Dist, **meta) -> None:
-    """Write the adapters + head with `meta` (threshold, metrics) to `directory` atomically (collective)."""
+def save_best(directory, model, d: Dist, validation: dict | None = None, **meta) -> None:
+    """Write the adapters + head with `meta` (threshold, metrics) to `directory` atomically (collective), and
+    the model's validation probabilities (id -> P(relevant)) to validation.json beside them."""
     directory = Path(directory)
     tmp = _staging(directory, d)
     save_adapters(model, tmp, **meta)
     if d.main:
+        if validation is not None:
+            (tmp / VALIDATION).write_text(json.dumps(validation, ensure_ascii=False))
         _publish(tmp, directory)
     barrier(d)
 

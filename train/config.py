@@ -41,7 +41,12 @@ class DataSection:
     task: str = ""  # "QC" or "QI"; empty keeps every task of the file
     translations: str = ""  # file of id -> English query; empty: none
     fold: int = 0  # fold held out for validation when `valid` is empty; -1 trains on all rows
-    n_folds: int = 5
+    n_folds: int = 5  # folds of the grouped split
+    split: Literal["groups", "languages"] = "groups"  # languages: fold k holds out held_out_languages[k] (data/folds.py)
+    held_out_languages: list[list[str]] = field(default_factory=list)  # empty: one fold per language of `train`
+    group_levels: int = 2  # category levels that make a QC group (QI rows group by query)
+    stratify_top_level: bool = False  # strata language x label, and x top-level category when true
+    split_seed: int = 0
     max_length: int = 256
     packing: bool = False
     lowercase: bool = True
@@ -83,7 +88,10 @@ class StageSection:
 @dataclass
 class PredictSection:
     files: list[str] = field(default_factory=list)  # dev/test files; each is predicted by its task's fold models
-    ensemble: Literal["mean", "vote"] = "mean"
+    ensemble: Literal["mean", "vote", "weighted_mean", "weighted_vote"] = "mean"  # weighted: fold F1 ** weight_power
+    weight_power: float = 3.0
+    # auto: 0.5, global or per_language, whichever has the best out-of-fold F1 (train/thresholds.py); or a number
+    threshold: Literal["auto", "global", "per_language"] | float = "auto"
     batch_size: int = 64
     out_dir: str = ""  # default: run_dir/submission
 
@@ -108,9 +116,13 @@ class RunConfig:
                 raise ConfigError(f"{key} is required")
         for section in (self.model, self.lora, self.data, self.train, self.predict):
             _check_ranges(section, _SECTION_KEY[type(section)] + ".")
-        if not self.data.valid and not -1 <= self.data.fold < self.data.n_folds:
-            raise ConfigError(f"data.fold must be in [-1, {self.data.n_folds}) (-1: no validation), "
-                              f"got {self.data.fold}")
+        folds = self.data.n_folds if self.data.split == "groups" else len(self.data.held_out_languages) or None
+        if not self.data.valid and folds and not -1 <= self.data.fold < folds:
+            raise ConfigError(f"data.fold must be in [-1, {folds}) (-1: no validation), got {self.data.fold}")
+        languages = [lang for group in self.data.held_out_languages for lang in group]
+        if any(not group for group in self.data.held_out_languages) or len(set(languages)) < len(languages):
+            raise ConfigError(f"data.held_out_languages: each group needs languages, each language in one group, "
+                              f"got {self.data.held_out_languages}")
         if t.class_weights and len(t.class_weights) != 2:
             raise ConfigError(f"train.class_weights needs 2 values (negative, positive), got {t.class_weights}")
 
@@ -124,13 +136,14 @@ BELOW_ONE = (lambda v: 0 <= v < 1, "in [0, 1)")
 RANGES = {
     LoraSection: {"r": AT_LEAST_ONE, "alpha": POSITIVE, "dropout": BELOW_ONE},
     DataSection: {"fold": (lambda v: v >= -1, ">= -1"), "n_folds": (lambda v: v >= 2, ">= 2"),
-                  "max_length": (lambda v: v >= 8, ">= 8")},
+                  "max_length": (lambda v: v >= 8, ">= 8"), "group_levels": AT_LEAST_ONE, "split_seed": NON_NEGATIVE},
     TrainSection: {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "epochs": AT_LEAST_ONE,
                    "max_steps": (lambda v: v >= 0, ">= 0 (0: no cap)"), "batch_size": AT_LEAST_ONE,
                    "grad_accum": AT_LEAST_ONE, "eval_batch_size": AT_LEAST_ONE, "clip": (NON_NEGATIVE[0], ">= 0 (0: "
                    "no clipping)"), "eval_every": NON_NEGATIVE, "save_every": NON_NEGATIVE, "keep_last": AT_LEAST_ONE,
                    "seed": NON_NEGATIVE, "class_weights": POSITIVE, "label_smoothing": BELOW_ONE},
-    PredictSection: {"batch_size": AT_LEAST_ONE},
+    PredictSection: {"batch_size": AT_LEAST_ONE, "weight_power": NON_NEGATIVE,
+                     "threshold": (lambda v: isinstance(v, str) or 0 <= v <= 1, "auto, global, per_language or in [0, 1]")},
 }
 _SECTION_KEY = {ModelSection: "model", LoraSection: "lora", DataSection: "data", TrainSection: "train",
                 PredictSection: "predict"}
@@ -270,9 +283,10 @@ def load_config(path, overrides: typing.Sequence[str] = ()) -> RunConfig:
     for stage in cfg.stages:  # a stage's overrides are range-checked now too, not when its turn comes
         data = merge_section(cfg.data, stage.data, f"stages.{stage.name}.data")
         merge_section(cfg.train, stage.train, f"stages.{stage.name}.train")
-        for k in stage.folds if isinstance(stage.folds, list) else []:
-            if not 0 <= k < data.n_folds:
-                raise ConfigError(f"stages.{stage.name}.folds: fold {k} is not in [0, {data.n_folds})")
+        n_folds = data.n_folds if data.split == "groups" else len(data.held_out_languages) or None
+        for k in stage.folds if isinstance(stage.folds, list) and n_folds else []:
+            if not 0 <= k < n_folds:
+                raise ConfigError(f"stages.{stage.name}.folds: fold {k} is not in [0, {n_folds})")
     return cfg
 
 

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from data.batching import BatchSampler, collate_packed, collate_padded, examples
-from data.folds import assign_folds
+from data.folds import default_language_groups, split_rows
 from data.inputs import encode, model_family, pad_token_id
 from data.records import read_records
-from model.adapters import load_adapters
+from model.adapters import WEIGHTS, load_adapters, trainable_state
 from model.classifier import classification_loss, load_classifier
-from model.loading import load_tokenizer
+from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors
 from model.lora import add_lora
 from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.config import DTYPES, ConfigError, RunConfig, save_config
@@ -48,27 +48,47 @@ def build_classifier(cfg: RunConfig, device: torch.device):
 
 
 def load_data(cfg: RunConfig, model_type: str):
-    """(train examples, validation examples, id -> language, pad id); validation is a file, a fold, or empty.
-    Queries carry their English translation when the records have one (data.translations or a column)."""
+    """(train examples, validation examples, id -> language, pad id, held-out languages); validation is a file,
+    a fold, or empty. Queries carry their English translation when the records have one (data.translations or a
+    column). Held-out languages (the language split's) are in validation only, never in training."""
     d = cfg.data
     for key in ("train", "valid", "translations"):
         if getattr(d, key) and not Path(getattr(d, key)).is_file():
             raise FileNotFoundError(f"data.{key}: file not found: {getattr(d, key)}")
     read = lambda path: read_records(path, d.task or None, d.translations or None, d.lowercase)  # noqa: E731
     records = read(d.train)
+    held_out = set()
     if d.valid:
         train_records, valid_records = records, read(d.valid)
-    elif d.fold >= 0:
-        folds = assign_folds(records, d.n_folds)  # fixed folds: train.seed changes the run, not the split
-        train_records = [r for r, f in zip(records, folds) if f != d.fold]
-        valid_records = [r for r, f in zip(records, folds) if f == d.fold]
+    elif d.fold >= 0:  # fixed folds (data.split_seed): train.seed changes the run, not the split
+        groups = held_out_groups(cfg, records)
+        train_idx, valid_idx = split_rows(records, d.fold, d.n_folds, d.group_levels, d.split_seed,
+                                          d.stratify_top_level, groups)
+        train_records, valid_records = [records[i] for i in train_idx], [records[i] for i in valid_idx]
+        held_out = set(groups[d.fold]) if groups else set()
     else:
         train_records, valid_records = records, []
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
     encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, d.max_length, translate=True))  # noqa: E731
     languages = {r.id: r.language for r in train_records + valid_records}
-    return encoded(train_records), encoded(valid_records), languages, pad_token_id(tokenizer, family)
+    return encoded(train_records), encoded(valid_records), languages, pad_token_id(tokenizer, family), held_out
+
+
+def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
+    """The language groups of a language-held-out split (None for the grouped split), checked against the data."""
+    d = cfg.data
+    if d.split != "languages":
+        return None
+    groups = d.held_out_languages or default_language_groups(records)
+    if not 0 <= d.fold < len(groups):
+        raise ConfigError(f"data.fold must be in [0, {len(groups)}) for held-out language groups {groups}, "
+                          f"got {d.fold}")
+    present = {r.language for r in records}
+    if not set(groups[d.fold]) & present:
+        raise ConfigError(f"data.held_out_languages: fold {d.fold} holds out {groups[d.fold]}, which "
+                          f"{d.train} has no rows of")
+    return groups
 
 
 class StopFlag:
@@ -119,8 +139,12 @@ def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[floa
 
 
 @torch.no_grad()
-def evaluate(model, valid, languages, pad_id, cfg: RunConfig, d: Dist) -> dict:
-    """Loss and metrics on the validation examples, each rank scoring a shard; every rank gets the result."""
+def evaluate(model, valid, languages, pad_id, cfg: RunConfig, d: Dist, held_out=frozenset()) -> tuple[dict, dict]:
+    """(metrics, id -> P(relevant)) on the validation examples, each rank scoring a shard; every rank gets both.
+
+    With held-out languages, `seen_*` and `unseen_*` metrics are added, and the threshold is tuned on the seen
+    languages' rows only: no figure of the unseen ones is looked at to choose anything.
+    """
     model.eval()
     sampler = BatchSampler([len(e.input_ids) for e in valid], cfg.train.eval_batch_size, shuffle=False,
                            rank=d.rank, world_size=d.world_size)
@@ -139,11 +163,18 @@ def evaluate(model, valid, languages, pad_id, cfg: RunConfig, d: Dist) -> dict:
     unique = {row[0]: row[1:] for row in all_gather_lists(rows, d)}  # the sampler repeats a few examples
     ids = list(unique)
     probs, labels, losses = (list(col) for col in zip(*unique.values()))
-    metrics = classification_metrics(probs, labels, [languages[i] for i in ids])
+    langs = [languages[i] for i in ids]
+    metrics = classification_metrics(probs, labels, langs)
     metrics["loss"] = sum(losses) / len(losses)
-    metrics["tuned_threshold"] = threshold = best_threshold(probs, labels)
-    metrics["tuned_f1"] = classification_metrics(probs, labels, [languages[i] for i in ids], threshold)["f1"]
-    return metrics
+    seen = [i for i, lang in enumerate(langs) if lang not in held_out]
+    metrics["tuned_threshold"] = threshold = best_threshold([probs[i] for i in seen], [labels[i] for i in seen])
+    metrics["tuned_f1"] = classification_metrics(probs, labels, langs, threshold)["f1"]
+    if held_out:
+        for name, rows in (("seen", seen), ("unseen", [i for i, lang in enumerate(langs) if lang in held_out])):
+            part = classification_metrics([probs[i] for i in rows], [labels[i] for i in rows], [langs[i] for i in rows])
+            metrics.update({f"{name}_{k}": part[k] for k in ("f1", "auc", "all_positive_f1")})
+            metrics[f"{name}_rows"] = len(rows)
+    return metrics, dict(zip(ids, probs))
 
 
 def train(cfg: RunConfig) -> dict:
@@ -172,7 +203,7 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
         save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(t.seed)  # the same LoRA and head initialisation on every rank
     classifier = build_classifier(cfg, d.device)
-    train_set, valid_set, languages, pad_id = load_data(cfg, classifier.model.config.model_type)
+    train_set, valid_set, languages, pad_id, held_out = load_data(cfg, classifier.model.config.model_type)
     model = prepare_model(classifier, d, t.bf16, t.activation_checkpointing, t.compile)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
@@ -210,14 +241,26 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
         say(f"step {step}: checkpoint {path}")
 
     def evaluate_and_keep_best(step):
-        metrics = evaluate(model, valid_set, languages, pad_id, cfg, d)
+        metrics, probs = evaluate(model, valid_set, languages, pad_id, cfg, d, held_out)
         if d.main:
             log.append(step=step, split="valid", **metrics)
+            unseen = f" | unseen {sorted(held_out)}: F1 {metrics['unseen_f1']:.4f} AUC {metrics['unseen_auc']:.4f}" \
+                if held_out else ""
             say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {metrics['f1']:.4f} (all-positive "
-                f"{metrics['all_positive_f1']:.4f}) AUC {metrics['auc']:.4f}")
-        if metrics["f1"] > state["best_f1"]:
-            save_best(run_dir / "best", model, d, **best_meta(cfg, step, metrics))
-            state.update(best_f1=metrics["f1"], best_step=step, best=metrics)
+                f"{metrics['all_positive_f1']:.4f}) AUC {metrics['auc']:.4f}{unseen}")
+        score = metrics["seen_f1"] if held_out else metrics["f1"]  # held-out languages choose nothing
+        if score > state["best_f1"]:
+            save_best(run_dir / "best", model, d, validation=probs, **best_meta(cfg, step, metrics, state))
+            state.update(best_f1=score, best_step=step, best=metrics)
+        return metrics
+
+    if cfg.init_from and not resume_from:
+        state["init"] = audit_init(model, cfg.init_from)
+        if d.main:
+            say(f"started from {cfg.init_from} (adapters sha256 {state['init']['sha256'][:12]}), checked tensor "
+                f"for tensor")
+        if valid_set:  # the hand-off's zero-shot figure, before any update
+            state["step0"] = {k: v for k, v in evaluate_and_keep_best(0).items() if not k.startswith("f1_")}
 
     stop = StopFlag()
     try:
@@ -258,13 +301,30 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
     finally:
         stop.restore()
     if not valid_set:
-        save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}))
+        save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}, state))
     if d.main:
         say(plot(log, run_dir / "metrics.png"))
-    return {"step": state["best_step"] or step, **state.get("best", {})}
+    audit = {k: state[k] for k in ("init", "step0") if k in state}
+    held = {"held_out": sorted(held_out)} if held_out else {}
+    return {"step": state["best_step"] if "best" in state else step, **state.get("best", {}), **audit, **held}
 
 
-def best_meta(cfg: RunConfig, step: int, metrics: dict) -> dict:
-    """What a predictor needs next to the weights (save_adapters adds the LoRA settings)."""
+def audit_init(model, init_from) -> dict:
+    """Check that the trainable tensors the run starts from are exactly those of init_from's adapters file (a
+    hand-off that re-initialised them, as chaining PEFT stages can, would go unnoticed otherwise); returns the
+    file's path and sha256 for the run's records. Collective under FSDP2."""
+    path = Path(init_from) / WEIGHTS
+    want = mapped_tensors(path)
+    for name, tensor in trainable_state(model).items():
+        if not torch.equal(tensor, want[name].to(tensor.dtype)):
+            raise CheckpointError(f"{path}: the run's starting tensor {name!r} differs from the file's: the "
+                                  f"hand-off from init_from did not carry its weights")
+    return {"path": str(path), "sha256": file_hash(path)}
+
+
+def best_meta(cfg: RunConfig, step: int, metrics: dict, state: dict) -> dict:
+    """What a predictor needs next to the weights (save_adapters adds the LoRA settings), and where the run
+    started from (init_from's path and hash)."""
     return {"step": step, "base_model": cfg.model.path, "threshold": metrics.get("tuned_threshold", 0.5),
+            **({"init": state["init"]} if "init" in state else {}),
             "metrics": metrics}

@@ -19,7 +19,7 @@ from data.inputs import encode, model_family, pad_token_id
 from data.records import TARGET_FIELD, DataError, Record, read_rows
 from model.adapters import META, WEIGHTS, load_adapters
 from model.classifier import load_classifier
-from model.loading import load_tokenizer, read_json, resolve
+from model.loading import file_hash, load_tokenizer, read_json, resolve
 from model.lora import add_lora
 from train.config import DTYPES, RunConfig
 from train.loop import to_device
@@ -50,14 +50,6 @@ def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16:
             print(f"\rpredicting {len(probs)}/{len(items)}", end="", file=sys.stderr, flush=True)
     print(("\r" if tty else "") + f"predicted {len(probs)} rows", file=sys.stderr)
     return probs
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(run: RunConfig, best_dir: Path, base: Path, records: list[Record]) -> str:
@@ -97,16 +89,15 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     return probs, info["threshold"]
 
 
-def ensemble(fold_probs: list[dict[str, float]], thresholds: list[float], method: str = "mean") -> dict[str, int]:
-    """id -> 0/1. mean: the folds' mean probability against their mean tuned threshold. vote: each fold votes
-    with its own threshold; a tie counts as relevant (positive-class F1 rewards recall on this data)."""
-    ids = fold_probs[0].keys()
-    if method == "mean":
-        threshold = sum(thresholds) / len(thresholds)
-        return {i: int(sum(p[i] for p in fold_probs) / len(fold_probs) >= threshold) for i in ids}
-    if method == "vote":
-        return {i: int(2 * sum(p[i] >= t for p, t in zip(fold_probs, thresholds)) >= len(fold_probs)) for i in ids}
-    raise ValueError(f"unknown ensemble method {method!r}: expected 'mean' or 'vote'")
+def ensemble(fold_probs: list[dict[str, float]], weights: list[float], threshold_of, vote: bool = False) -> dict[str, int]:
+    """id -> 0/1 from the folds' probabilities, each fold weighted by `weights`, against threshold_of(id).
+    Mean: the weighted mean probability. Vote: the weighted share of folds at or above the threshold; a tie counts
+    as relevant (positive-class F1 rewards recall on this data)."""
+    total = sum(weights)
+    if vote:
+        return {i: int(2 * sum(w * (p[i] >= threshold_of(i)) for p, w in zip(fold_probs, weights)) >= total)
+                for i in fold_probs[0]}
+    return {i: int(sum(w * p[i] for p, w in zip(fold_probs, weights)) / total >= threshold_of(i)) for i in fold_probs[0]}
 
 
 def id_order(id_: str):

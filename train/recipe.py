@@ -18,7 +18,10 @@ from data.records import TARGET_FIELD, DataError, read_records, read_rows
 from train.cli import run_command
 from train.config import ConfigError, RunConfig, StageSection, load_config, merge_section
 from train.loop import train
+from model.loading import read_json
+from train.checkpoint import VALIDATION
 from train.predict import ensemble, predict_fold, submission_text, write_submission
+from train.thresholds import Thresholds, choose, tune
 from train.rundir import RunLock, write_atomic
 
 RESULT = "result.json"  # written when a run finishes; its presence means "done"
@@ -102,7 +105,9 @@ def final_stages(cfg: RunConfig) -> dict[str, StageSection]:
 
 
 def summary(cfg: RunConfig, results: dict) -> str:
-    """Per stage and fold: validation F1 / precision / recall / AUC and per-language F1, with the fold mean."""
+    """Per stage and fold: validation F1 / precision / recall / AUC and per-language F1, with the fold mean; the
+    zero-shot figures at step 0 of a stage that starts from another; the held-out languages' figures next to the
+    seen ones of a language-held-out split; the out-of-fold F1 of each threshold choice of a task's final stage."""
     lines = []
     scores = {}
     for stage in cfg.stages:
@@ -110,19 +115,58 @@ def summary(cfg: RunConfig, results: dict) -> str:
         if not rows:
             lines.append(f"{stage.name}: trained on all data (no validation)")
             continue
+        for _, r in rows:  # flatten the step-0 audit into columns
+            r.update({f"step0_{k}": r["step0"][k] for k in ("f1", "auc")} if "step0" in r else {})
         languages = sorted({k[3:] for _, r in rows for k in r if k.startswith("f1_")})
-        head = ["fold", "F1", "P", "R", "AUC", "all-pos F1"] + [f"F1 {lang}" for lang in languages]
-        keys = ["f1", "precision", "recall", "auc", "all_positive_f1"] + [f"f1_{lang}" for lang in languages]
-        table = [[fold] + [r.get(k, float("nan")) for k in keys] for fold, r in rows]
-        table.append(["mean"] + [sum(row[i] for row in table) / len(table) for i in range(1, len(head))])
-        lines.append(f"{stage.name} ({stage_data(cfg, stage).task}, validation)")
-        lines.append("".join(f"{h:>11}" for h in head))
+        columns = [("F1", "f1"), ("P", "precision"), ("R", "recall"), ("AUC", "auc"), ("all-pos F1", "all_positive_f1")]
+        columns += [(head, key) for head, key in (("F1@0", "step0_f1"), ("AUC@0", "step0_auc"), ("unseen F1", "unseen_f1"),
+                                                   ("unseen AUC", "unseen_auc"), ("unseen a-p", "unseen_all_positive_f1"),
+                                                   ("seen F1", "seen_f1"), ("seen AUC", "seen_auc"))
+                    if any(key in r for _, r in rows)]
+        columns += [(f"F1 {lang}", f"f1_{lang}") for lang in languages]
+        table = [[fold] + [r.get(key, float("nan")) for _, key in columns] for fold, r in rows]
+        table.append(["mean"] + [sum(row[i] for row in table) / len(table) for i in range(1, len(columns) + 1)])
+        data = stage_data(cfg, stage)
+        split = f", held-out languages {[r.get('held_out') for _, r in rows]}" if data.split == "languages" else ""
+        lines.append(f"{stage.name} ({data.task}, validation{split})")
+        lines.append("".join(f"{h:>11}" for h in ["fold"] + [head for head, _ in columns]))
         lines += ["".join(f"{v:>11}" if isinstance(v, str) else f"{v:>11.4f}" for v in row) for row in table]
         scores[stage.name] = table[-1][1]
     finals = {task: scores[s.name] for task, s in final_stages(cfg).items() if s.name in scores}
     if {"QC", "QI"} <= finals.keys():
         lines.append(f"F1_avg = 0.5 F1_QC + 0.5 F1_QI = {0.5 * finals['QC'] + 0.5 * finals['QI']:.4f}")
+    for task, stage in final_stages(cfg).items():
+        oof = out_of_fold(cfg, stage)
+        if oof:
+            choice, f1s = threshold_choice(cfg, oof)
+            scored = ", ".join(f"{c} {f1:.4f}" for c, f1 in f1s.items())
+            lines.append(f"{task} thresholds, out-of-fold F1 of each choice over {len(oof['ids'])} rows "
+                         f"({'cross-fitted' if len(set(oof['folds'])) > 1 else 'in-sample: one fold'}): {scored}; "
+                         f"predictions use {choice}")
     return "\n".join(lines)
+
+
+def out_of_fold(cfg: RunConfig, stage: StageSection) -> dict | None:
+    """The out-of-fold rows of a fold stage: {"ids", "probs", "labels", "languages", "folds"}, each row scored by
+    the best model of the fold that validated it (best/validation.json); None for a full-data stage."""
+    if stage.folds == "full":
+        return None
+    data = stage_data(cfg, stage)
+    labelled = {r.id: r for r in read_records(data.valid or data.train, data.task or None,
+                                              data.translations or None, data.lowercase)}
+    oof = {"ids": [], "probs": [], "labels": [], "languages": [], "folds": []}
+    for fold in fold_names(stage):
+        path = Path(cfg.run_dir) / stage.name / fold / "best" / VALIDATION
+        for id_, prob in read_json(path, "validation probabilities of a fold").items():
+            for key, value in zip(oof, (id_, prob, labelled[id_].label, labelled[id_].language, fold)):
+                oof[key].append(value)
+    return oof
+
+
+def threshold_choice(cfg: RunConfig, oof: dict) -> tuple[str, dict[str, float]]:
+    """predict.threshold, or (auto) the choice with the best out-of-fold F1; and each choice's F1."""
+    best, f1s = choose(oof["probs"], oof["labels"], oof["languages"], oof["folds"])
+    return (best if cfg.predict.threshold == "auto" else str(cfg.predict.threshold)), f1s
 
 
 def predict(cfg: RunConfig) -> Path:
@@ -157,12 +201,24 @@ def predict(cfg: RunConfig) -> Path:
                                                       f"only once among the {task} files")
                 source[r.id] = path
                 records.append(r)
-        fold_probs, thresholds = [], []
+        fold_probs, weights = [], []
         for fold in fold_names(stage):
-            probs, threshold = predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)
+            probs, _ = predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)
             fold_probs.append(probs)
-            thresholds.append(threshold)
-        texts[task] = submission_text(files, task, ensemble(fold_probs, thresholds, p.ensemble))
+            result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
+            weights.append(result.get("f1", 1.0) ** p.weight_power if p.ensemble.startswith("weighted") else 1.0)
+        oof = out_of_fold(cfg, stage)
+        if oof:
+            thresholds, choice = tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
+        elif isinstance(p.threshold, str) and p.threshold != "auto":
+            raise ConfigError(f"predict.threshold: {p.threshold} needs out-of-fold probabilities, and stage "
+                              f"{stage.name} trained on all data")
+        else:
+            thresholds, choice = Thresholds(0.5), "global" if p.threshold == "auto" else str(p.threshold)
+        language = {r.id: r.language for r in records}
+        predictions = ensemble(fold_probs, weights, lambda i: thresholds.of(choice, language[i]),
+                               vote=p.ensemble.endswith("vote"))
+        texts[task] = submission_text(files, task, predictions)
     return write_submission(texts, p.out_dir or Path(cfg.run_dir) / "submission")
 
 
