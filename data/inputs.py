@@ -8,8 +8,16 @@ category path (QC) or item title (QI). The templates, for base (not chat) checkp
 
 Every row ends in the family's closing token, the one the classifier pools. It is never the pad token, so
 transformers' *ForSequenceClassification (which pools the last non-pad token) pools it too in our exports.
-Rows longer than max_length lose the end of segment 2 first, then the end of segment 1; the special tokens
-and separator always stay.
+
+The question template (`question=True`) asks what the head answers, ending where the LM would answer:
+
+    [<bos>]Query: {segment 1}\nCategory: {segment 2}\nIs this category relevant to the query? Answer:
+                                 (QI: "Product" / "this product")
+
+and pools that last token, the position where the LM's " yes" / " no" (ANSWERS) would come next; a head
+initialised from those LM-head rows (model.classifier.init_score_from_lm) starts as the LM's own zero-shot
+judgement. Rows longer than max_length lose the end of segment 2 first, then the end of segment 1; the special
+tokens, separator and question always stay.
 """
 from dataclasses import dataclass
 
@@ -61,23 +69,47 @@ def close_token_id(tokenizer: Tokenizer, family: str) -> int:
     return token_id(tokenizer, template(family).close)
 
 
+QUESTIONS = {  # task -> (before segment 1, between the segments, after segment 2)
+    "QC": ("Query: ", "\nCategory: ", "\nIs this category relevant to the query? Answer:"),
+    "QI": ("Query: ", "\nProduct: ", "\nIs this product relevant to the query? Answer:"),
+}
+ANSWERS = (" no", " yes")  # the LM's answers after "Answer:", in label order (0: irrelevant, 1: relevant)
+
+
+def answer_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """The token ids of ANSWERS; each must be a single token of this tokenizer."""
+    ids = []
+    for answer in ANSWERS:
+        pieces = tokenizer.encode(answer, add_special_tokens=False).ids
+        if len(pieces) != 1:
+            raise ValueError(f"the tokenizer splits the answer {answer!r} into {len(pieces)} tokens: the LM head "
+                             f"has no single row to start the classifier's head from")
+        ids.append(pieces[0])
+    return ids
+
+
 def first_segment(record, translate: bool) -> str:
     return f"{record.query} - {record.translation}" if translate and record.translation else record.query
 
 
-def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translate: bool) -> list[list[int]]:
-    """Token ids per record, at most max_length each, each ending in close_token_id(tokenizer, family)."""
+def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translate: bool,
+           question: bool = False) -> list[list[int]]:
+    """Token ids per record, at most max_length each, each ending in close_token_id(tokenizer, family), or with
+    `question` in the question template's last token."""
     tpl = template(family)
     prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
-    separator = tokenizer.encode(tpl.separator, add_special_tokens=False).ids
-    close = close_token_id(tokenizer, family)
-    budget = max_length - len(prefix) - len(separator) - 1
-    if budget < 1:
+    piece = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    frames = {task: [piece(text) for text in texts] for task, texts in QUESTIONS.items()} if question else {}
+    plain = ([], piece(tpl.separator), [close_token_id(tokenizer, family)])
+    longest = max(sum(map(len, frame)) for frame in [plain, *frames.values()])
+    if max_length - len(prefix) - longest < 1:
         raise ValueError(f"max_length={max_length} leaves no room for text in the {family} template")
     queries = tokenizer.encode_batch([first_segment(r, translate) for r in records], add_special_tokens=False)
     targets = tokenizer.encode_batch([r.target for r in records], add_special_tokens=False)
     rows = []
-    for q, t in zip(queries, targets):
+    for r, q, t in zip(records, queries, targets):
+        lead, middle, tail = frames[r.task] if question else plain
+        budget = max_length - len(prefix) - len(lead) - len(middle) - len(tail)
         q, t = q.ids[:budget], t.ids[: max(budget - len(q.ids), 0)]
-        rows.append(prefix + q + separator + t + [close])
+        rows.append(prefix + lead + q + middle + t + tail)
     return rows

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.decoder import Decoder
-from model.loading import load_safetensors, read_config, resolve, safetensors_files
+from model.loading import (CheckpointError, canonical_name, load_safetensors, mapped_tensors, read_config, resolve,
+                           safetensors_files)
 
 
 class SequenceClassifier(nn.Module):
@@ -25,9 +26,14 @@ class SequenceClassifier(nn.Module):
         self.score = nn.Linear(model.config.hidden_size, num_labels, bias=False, device=device, dtype=torch.float32)
         self.init_score()
 
-    def init_score(self):
-        """transformers' init: normal(0, initializer_range)."""
-        nn.init.normal_(self.score.weight, std=self.model.config.hf.get("initializer_range", 0.02))
+    @torch.no_grad()
+    def init_score(self, rows: torch.Tensor | None = None):
+        """transformers' init, normal(0, initializer_range); or `rows` (num_labels, hidden), e.g. the LM head's rows
+        of the answer tokens (lm_head_rows), so that the logits start as the LM's logits of those tokens."""
+        if rows is None:
+            nn.init.normal_(self.score.weight, std=self.model.config.hf.get("initializer_range", 0.02))
+        else:
+            self.score.weight.copy_(rows)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         if attention_mask is None:
@@ -35,6 +41,17 @@ class SequenceClassifier(nn.Module):
         hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
         rows, cols = last_token_index(attention_mask)
         return self.score(hidden[rows, cols].to(self.score.weight.dtype))
+
+
+def lm_head_rows(path_or_id, token_ids: list[int]) -> torch.Tensor:
+    """Rows `token_ids` of a checkpoint's LM head (its embeddings when tied), float32, read from the file."""
+    directory = resolve(path_or_id)
+    name = "model.embed_tokens.weight" if read_config(directory).tie_word_embeddings else "lm_head.weight"
+    for file in safetensors_files(directory):
+        for key, tensor in mapped_tensors(file).items():
+            if canonical_name(key) == name:
+                return tensor[token_ids].float()
+    raise CheckpointError(f"{directory}: no {name} tensor to read the LM head's rows from")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

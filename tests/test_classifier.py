@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 
-from hf_tiny import CONFIGS, FAMILIES, padded_batch, randomize
-from model.classifier import classification_loss, last_token_index, load_classifier
+from hf_tiny import CONFIGS, FAMILIES, padded_batch, randomize, save_tiny
+from model import load_pretrained
+from model.classifier import classification_loss, last_token_index, lm_head_rows, load_classifier
 from model.decoder import positions_from_mask
 from model.lora import add_lora
 
@@ -117,3 +118,26 @@ def test_lora_gradients_reach_only_adapters_and_head_and_loss_goes_down(tmp_path
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_a_head_from_the_lm_rows_starts_as_the_lms_log_odds(family, tmp_path):
+    """lm_answer: the logit difference equals the LM's log-odds of token 'yes' over 'no' at the pooled token
+    (before Gemma-2's final soft-capping, which the LM applies and a linear head does not)."""
+    save_tiny(family, tmp_path)
+    no, yes = 5, 17
+    classifier = load_classifier(tmp_path)
+    classifier.init_score(lm_head_rows(tmp_path, [no, yes]))
+    lm = load_pretrained(tmp_path)
+    ids, mask = padded_batch("right")
+    rows, cols = last_token_index(mask)
+    logits = lm.lm_logits(lm(ids, attention_mask=mask))[rows, cols]
+    cap = lm.config.final_softcap
+    if cap:
+        assert family == "gemma2"
+        logits = torch.atanh(logits / cap) * cap
+    want = logits[:, yes] - logits[:, no]
+    got = classifier(ids, mask)
+    assert (got[:, 1] - got[:, 0] - want).abs().max() < 1e-4
+    assert torch.equal(lm_head_rows(tmp_path, [no, yes]), (lm.lm_head or lm.embed_tokens).weight[[no, yes]])

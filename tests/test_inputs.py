@@ -7,7 +7,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Sequence, Split
 
-from data.inputs import close_token_id, encode, model_family, pad_token_id
+from data.inputs import ANSWERS, QUESTIONS, answer_token_ids, close_token_id, encode, model_family, pad_token_id
 from data.records import Record
 
 NAMES = {"qwen": "qwen3", "gemma": "gemma3"}
@@ -102,3 +102,29 @@ def test_model_family():
     assert [model_family(t) for t in types] == ["qwen"] * 2 + ["gemma"] * 4
     with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
         model_family("llama")
+
+
+def test_question_template_asks_and_ends_where_the_answer_comes(family_tokenizer):
+    family, tok, config = family_tokenizer
+    bos = config["bos_token"] if config.get("add_bos_token") else ""
+    qi = Record("9", "QI", "ja", "ドラクエ バッグ", "dragon quest waist bag", 1, None)
+    rows = encode(tok, family, RECORDS + [qi], max_length=128, translate=True, question=True)
+    for ids, r in zip(rows, RECORDS + [qi]):
+        lead, middle, tail = QUESTIONS[r.task]
+        first = f"{r.query} - {r.translation}" if r.translation else r.query
+        assert tok.decode(ids, skip_special_tokens=False) == f"{bos}{lead}{first}{middle}{r.target}{tail}"
+        assert tok.id_to_token(ids[-1]) == ":" and ids[-1] != pad_token_id(tok, family)
+    long = Record("1", "QC", "ja", "ドラクエ バッグ " * 30, "長い商品タイトル " * 50, 1, None)
+    cut = encode(tok, family, [long], max_length=48, translate=True, question=True)[0]
+    assert len(cut) == 48 and tok.decode(cut).endswith(QUESTIONS["QC"][2])  # the question always stays
+
+
+def test_each_answer_is_one_token_that_follows_answer_colon(family_tokenizer):
+    family, tok, _ = family_tokenizer
+    no, yes = answer_token_ids(tok)
+    for answer, id_ in zip(ANSWERS, (no, yes)):
+        assert tok.encode(f"Answer:{answer}", add_special_tokens=False).ids[-1] == id_
+    split = Tokenizer(WordLevel({"[UNK]": 0, " ": 1, "no": 2, "yes": 3}, unk_token="[UNK]"))
+    split.pre_tokenizer = Split(" ", "isolated")  # " no" -> " ", "no": two tokens
+    with pytest.raises(ValueError, match="splits the answer ' no' into 2 tokens"):
+        answer_token_ids(split)

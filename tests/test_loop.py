@@ -240,3 +240,19 @@ def test_plot_is_a_png_of_the_logged_curves(reference, tmp_path):
     _, cfg, _ = reference
     assert "written" in plot(MetricsLog(Path(cfg.run_dir) / "metrics.jsonl"), tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_head_from_the_lms_answer_rows_is_evaluated_before_the_first_update(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=1)
+    cfg.data.template, cfg.model.head_init = "question", "lm_answer"
+    start = build_classifier(cfg, torch.device("cpu")).score.weight
+    embeddings = load_file(Path(cfg.model.path) / "model.safetensors")["model.embed_tokens.weight"]
+    vocab = json.loads((Path(cfg.model.path) / "tokenizer.json").read_text())["model"]["vocab"]
+    assert torch.equal(start, embeddings[[vocab["no"], vocab["yes"]]])
+    result = train(cfg)
+    assert 0 <= result["step0"]["auc"] <= 1
+    rows = [json.loads(line) for line in (Path(cfg.run_dir) / "metrics.jsonl").open()]
+    assert [(r["step"], r["split"]) for r in rows][:2] == [(0, "valid"), (1, "train")]
+    cfg.data.template = "plain"
+    with pytest.raises(ConfigError, match="lm_answer reads the LM's answer after a question"):
+        cfg.check()

@@ -25,7 +25,7 @@ def make_checkpoint(directory: Path) -> Path:
     """A random tiny Qwen3 checkpoint in Hugging Face layout, with a word-level tokenizer.json."""
     directory.mkdir(parents=True, exist_ok=True)
     specials = sorted({t for tpl in TEMPLATES.values() for t in (tpl.bos, tpl.close, tpl.pad) if t})
-    vocab = [*specials, "[UNK]", "-", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
+    vocab = [*specials, "[UNK]", "-", "no", "yes", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
     tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = WhitespaceSplit()
     tokenizer.save(str(directory / "tokenizer.json"))

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 class ModelSection:
     path: str = ""  # Hugging Face directory or hub id
     dtype: Literal["bfloat16", "float32"] = "bfloat16"  # storage of the frozen base weights
+    head_init: Literal["random", "lm_answer"] = "random"  # lm_answer: the LM head's " no" / " yes" rows
 
 
 @dataclass
@@ -50,6 +51,7 @@ class DataSection:
     max_length: int = 256
     packing: bool = False
     lowercase: bool = True
+    template: Literal["plain", "question"] = "plain"  # question: ends in "... relevant to the query? Answer:"
 
 
 @dataclass
@@ -119,6 +121,9 @@ class RunConfig:
         folds = self.data.n_folds if self.data.split == "groups" else len(self.data.held_out_languages) or None
         if not self.data.valid and folds and not -1 <= self.data.fold < folds:
             raise ConfigError(f"data.fold must be in [-1, {folds}) (-1: no validation), got {self.data.fold}")
+        if self.model.head_init == "lm_answer" and self.data.template != "question":
+            raise ConfigError("model.head_init: lm_answer reads the LM's answer after a question: set "
+                              "data.template: question")
         languages = [lang for group in self.data.held_out_languages for lang in group]
         if any(not group for group in self.data.held_out_languages) or len(set(languages)) < len(languages):
             raise ConfigError(f"data.held_out_languages: each group needs languages, each language in one group, "

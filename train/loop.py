@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from data.batching import BatchSampler, collate_packed, collate_padded, examples
 from data.folds import default_language_groups, split_rows
-from data.inputs import encode, model_family, pad_token_id
+from data.inputs import answer_token_ids, encode, model_family, pad_token_id
 from data.records import read_records
 from model.adapters import WEIGHTS, load_adapters, trainable_state
-from model.classifier import classification_loss, load_classifier
+from model.classifier import classification_loss, lm_head_rows, load_classifier
 from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors
 from model.lora import add_lora
 from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
@@ -44,6 +44,8 @@ def build_classifier(cfg: RunConfig, device: torch.device):
     add_lora(classifier, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.targets))
     if cfg.init_from:
         load_adapters(classifier, cfg.init_from)
+    elif cfg.model.head_init == "lm_answer":
+        classifier.init_score(lm_head_rows(cfg.model.path, answer_token_ids(load_tokenizer(cfg.model.path))))
     return classifier
 
 
@@ -70,7 +72,8 @@ def load_data(cfg: RunConfig, model_type: str):
         train_records, valid_records = records, []
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
-    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, d.max_length, translate=True))  # noqa: E731
+    question = d.template == "question"
+    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, d.max_length, True, question))  # noqa: E731
     languages = {r.id: r.language for r in train_records + valid_records}
     return encoded(train_records), encoded(valid_records), languages, pad_token_id(tokenizer, family), held_out
 
@@ -259,8 +262,9 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
         if d.main:
             say(f"started from {cfg.init_from} (adapters sha256 {state['init']['sha256'][:12]}), checked tensor "
                 f"for tensor")
-        if valid_set:  # the hand-off's zero-shot figure, before any update
-            state["step0"] = {k: v for k, v in evaluate_and_keep_best(0).items() if not k.startswith("f1_")}
+    if (cfg.init_from or cfg.model.head_init == "lm_answer") and valid_set and not resume_from:
+        # what the run starts knowing (the other task's stage, the LM's own yes/no), before any update
+        state["step0"] = {k: v for k, v in evaluate_and_keep_best(0).items() if not k.startswith("f1_")}
 
     stop = StopFlag()
     try:

@@ -60,7 +60,7 @@ def fingerprint(run: RunConfig, best_dir: Path, base: Path, records: list[Record
         "rows": [[r.id, r.query, r.target, r.translation] for r in records],
         "adapters": [file_hash(best_dir / WEIGHTS), file_hash(best_dir / META)],
         "base": [file_hash(base / "config.json"), file_hash(base / "tokenizer.json"), weights],
-        "settings": [run.data.max_length, run.data.lowercase, run.model.dtype, run.train.bf16],
+        "settings": [run.data.max_length, run.data.lowercase, run.data.template, run.model.dtype, run.train.bf16],
     }
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
@@ -83,7 +83,8 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     classifier = load_fold_model(best_dir, info, base, DTYPES[run.model.dtype], device)
     family = model_family(classifier.model.config.model_type)
     tokenizer = load_tokenizer(base)
-    items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True))
+    items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True,
+                                     question=run.data.template == "question"))
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
     write_atomic(cache, json.dumps({"fingerprint": key, "probabilities": probs}, ensure_ascii=False))
     return probs, info["threshold"]
