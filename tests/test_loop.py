@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,16 @@ from torch._dynamo.utils import counters
 
 from train.checkpoint import latest_checkpoint
 from train.config import ConfigError, TrainSection, save_config
-from train.loop import build_classifier, lr_at, train
+from data.batching import collate_padded
+from model.adapters import load_adapters
+from train.distributed import Dist
+from train.loop import Data, build_classifier, evaluate, load_data, lr_at, train
 from train.main import main
 from train.progress import MetricsLog, plot
-from train_fixtures import tiny_config
+from train_fixtures import make_qi_records, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
+ONE = Dist(rank=0, world_size=1, device=torch.device("cpu"))
 
 
 @pytest.fixture(autouse=True)
@@ -177,10 +182,10 @@ def test_resume_with_other_result_changing_settings_is_refused_naming_each(refer
     copy = tmp_path / "copy"
     shutil.copytree(cfg.run_dir, copy)
     changed = reference_config(tmp, str(copy))
-    changed.train.lr, changed.lora.r, changed.data.train = 0.5, 8, str(tmp / "valid.jsonl")
+    changed.train.lr, changed.lora.r, changed.data.train = 0.5, 8, [str(tmp / "valid.jsonl")]
     before = (copy / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"config.yaml: resuming with other settings .*: lora.r \(4 -> 8\), "
-                                          r"data.train \(.*train.jsonl' -> .*valid.jsonl'\), train.lr \(0.01 -> 0.5\)"):
+                                          r"data.train \(\[.*train.jsonl'\] -> \[.*valid.jsonl'\]\), train.lr \(0.01 -> 0.5\)"):
         train(changed)
     assert (copy / "config.yaml").read_text() == before  # the run's own config is left as it was
     accumulated = reference_config(tmp, str(copy))
@@ -256,3 +261,56 @@ def test_a_head_from_the_lms_answer_rows_is_evaluated_before_the_first_update(tm
     cfg.data.template = "plain"
     with pytest.raises(ConfigError, match="lm_answer reads the LM's answer after a question"):
         cfg.check()
+
+
+def joint_config(tmp, run_dir="joint", **train):
+    cfg = tiny_config(tmp, run_dir, **train)
+    qi = make_qi_records(tmp / "train_qi.jsonl", 32, seed=3)
+    cfg.data.train, cfg.data.valid, cfg.data.fold, cfg.data.n_folds = [cfg.data.train[0], str(qi)], "", 0, 2
+    cfg.data.template, cfg.data.max_length = "question", 32
+    return cfg
+
+
+def test_a_joint_model_is_validated_per_task_as_each_task_alone(tmp_path):
+    cfg = joint_config(tmp_path)
+    model = build_classifier(cfg, torch.device("cpu"))
+    joint = load_data(cfg, "qwen3")
+    assert {i.split(":")[0] for i in joint.tasks} == {"QC", "QI"} and set(joint.tasks.values()) == {"QC", "QI"}
+    metrics, probs = evaluate(model, joint, cfg, ONE)
+    for task in ("QC", "QI"):
+        alone = Data(joint.train, [e for e in joint.valid if joint.tasks[e.id] == task], joint.languages, joint.tasks,
+                     joint.pad_id, set())
+        want, want_probs = evaluate(model, alone, cfg, ONE)
+        assert all(metrics[f"{task}_{k}"] == pytest.approx(v, abs=1e-6) for k, v in want.items()
+                   if not k.startswith("f1_") and k != "loss")
+        assert all(probs[i] == pytest.approx(p, abs=1e-6) for i, p in want_probs.items())
+    assert metrics["f1_avg"] == pytest.approx((metrics["QC_f1"] + metrics["QI_f1"]) / 2)
+    plain = joint_config(tmp_path, "plain")
+    plain.data.template = "plain"
+    with pytest.raises(ConfigError, match="joint stage needs data.template: question"):
+        load_data(plain, "qwen3")
+
+
+def test_a_batch_mixing_tasks_lowers_both_tasks_loss(tmp_path):
+    cfg = joint_config(tmp_path, epochs=6)
+    data = load_data(cfg, "qwen3")
+    probe = replace(data, valid=data.train)  # loss on the training rows, per task
+
+    def task_losses(model):
+        model.eval()
+        out = {}
+        with torch.no_grad():
+            for task in ("QC", "QI"):
+                batch = collate_padded([e for e in probe.valid if data.tasks[e.id] == task], data.pad_id)
+                logits = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+                out[task] = float(torch.nn.functional.cross_entropy(logits, batch["labels"]))
+        return out
+
+    torch.manual_seed(cfg.train.seed)
+    before = task_losses(build_classifier(cfg, torch.device("cpu")))
+    train(cfg)
+    after_model = build_classifier(cfg, torch.device("cpu"))
+    load_adapters(after_model, Path(cfg.run_dir) / "checkpoints" / sorted(
+        p.name for p in (Path(cfg.run_dir) / "checkpoints").iterdir())[-1])
+    after = task_losses(after_model)
+    assert after["QC"] < before["QC"] and after["QI"] < before["QI"], (before, after)

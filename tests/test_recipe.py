@@ -228,7 +228,7 @@ def chained(tmp_path_factory, model_dir):
 def test_out_of_fold_rows_cover_every_training_row_once(chained):
     cfg = load_config(chained)
     stage = cfg.stages[1]
-    oof = out_of_fold(cfg, stage)
+    oof = out_of_fold(cfg, stage, "QC")
     training = read_records(DEMO_DATA / "train_QC.txt", "QC", None)
     assert sorted(oof["ids"]) == sorted(r.id for r in training)  # every row once, by the fold that held it out
     assert set(oof["folds"]) == {"fold0", "fold1", "fold2"}
@@ -289,3 +289,26 @@ def test_language_held_out_folds_report_unseen_next_to_seen_languages(tmp_path, 
         result = json.loads((tmp_path / "run" / "QC" / fold / "result.json").read_text())
         assert result["held_out"] == sorted(held) and 0 <= result["unseen_auc"] <= 1
         assert result["unseen_rows"] > 0 and result["seen_rows"] > 0
+
+
+@pytest.mark.slow
+def test_one_joint_model_fills_both_submission_files(tmp_path, model_dir, capsys):
+    path = DEMO_DATA.parent / "demo-joint.yaml"
+    overrides = [f"run_dir={tmp_path / 'joint'}", f"model.path={model_dir}", "train.max_steps=2",
+                 f"data.translations={DEMO_DATA / 'translations.jsonl'}",
+                 f"stages=[{{name: joint, folds: [0, 1], data: {{train: [{DEMO_DATA / 'train_QC.txt'}, "
+                 f"{DEMO_DATA / 'train_QI.txt'}]}}}}]",
+                 f"predict.files=[{DEMO_DATA / 'test_QC.txt'}, {DEMO_DATA / 'test_QI.txt'}]"]
+    cfg = load_config(path, overrides)
+    assert {task: s.name for task, s in final_stages(cfg).items()} == {"QC": "joint", "QI": "joint"}
+    assert main([str(path), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "joint (QC+QI, validation)" in out and "QC F1" in out and "QI F1" in out
+    result = json.loads((tmp_path / "joint" / "joint" / "fold0" / "result.json").read_text())
+    assert result["f1_avg"] == pytest.approx((result["QC_f1"] + result["QI_f1"]) / 2)
+    assert "F1_avg = 0.5 F1_QC + 0.5 F1_QI" in out
+    for task in ("QC", "QI"):
+        oof = out_of_fold(cfg, cfg.stages[0], task)
+        assert oof["ids"] and all(i.startswith(f"{task}:") for i in oof["ids"])
+        rows = [json.loads(line) for line in (tmp_path / "joint" / "submission" / f"submit_{task}.txt").open()]
+        assert len(rows) == sum(1 for _ in (DEMO_DATA / f"test_{task}.txt").open())

@@ -61,9 +61,25 @@ def tiny_config(tmp: Path, run_dir: str = "run", **train) -> RunConfig:
     cfg = RunConfig(run_dir=str(tmp / run_dir))
     cfg.model.path, cfg.model.dtype = str(model), "float32"
     cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = 4, 8, 0.0
-    cfg.data.train, cfg.data.valid, cfg.data.max_length = str(tmp / "train.jsonl"), str(tmp / "valid.jsonl"), 16
+    cfg.data.train, cfg.data.valid, cfg.data.max_length = [str(tmp / "train.jsonl")], str(tmp / "valid.jsonl"), 16
     settings = dict(lr=1e-2, warmup_ratio=0.0, epochs=1, batch_size=8, grad_accum=1, bf16=False, keep_last=10,
                     seed=0, eval_batch_size=4)
     for key, value in {**settings, **train}.items():
         setattr(cfg.train, key, value)
     return cfg
+
+
+def make_qi_records(path: Path, n: int, seed: int) -> Path:
+    """n QI rows numbered like the QC file's (ids overlap, as the competition's do); relevant when the title
+    names the query's item."""
+    rng = random.Random(seed)
+    items = [w for ws in TOPICS.values() for w in ws]
+    with path.open("w") as f:
+        for i in range(n):
+            item, other = rng.sample(items, 2)
+            label = rng.random() < 0.5
+            row = dict(id=f"train-{i}", task="QI", language=rng.choice(["en", "fr"]),
+                       origin_query=f"{rng.choice(WORDS)} {item}",
+                       item_title=f"{rng.choice(WORDS)} {item if label else other}", label=int(label))
+            f.write(json.dumps(row) + "\n")
+    return path

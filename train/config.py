@@ -37,7 +37,7 @@ class LoraSection:
 
 @dataclass
 class DataSection:
-    train: str = ""  # competition file (JSON lines or CSV)
+    train: list[str] = field(default_factory=list)  # competition files; QC and QI files together: a joint model
     valid: str = ""  # empty: validate on fold `fold` of `train`
     task: str = ""  # "QC" or "QI"; empty keeps every task of the file
     translations: str = ""  # file of id -> English query; empty: none

@@ -6,6 +6,7 @@ configs/demo.yaml runs: stage 1 on the other task's full data, stage 2 on the ta
 tasks, then the fold-ensembled predictions and submit.zip.
 
     python -m train.demo [key.sub=value ...]     # overrides of configs/demo.yaml, e.g. train.max_steps=5
+    python -m train.demo configs/demo-joint.yaml [key.sub=value ...]   # another demo config
 """
 import json
 import os
@@ -63,11 +64,14 @@ def build_model(directory: Path) -> None:
 
 def main(argv=None) -> int:
     overrides = sys.argv[1:] if argv is None else argv
+    config = CONFIG
+    if overrides and overrides[0].endswith(".yaml"):
+        config, overrides = (ROOT / overrides[0]).resolve(), overrides[1:]
     os.chdir(ROOT)  # the demo config's paths are relative to the repository
     model_dir = ROOT / "runs" / "demo" / "model"
     if not (model_dir / "tokenizer.json").is_file():
         build_model(model_dir)
-    return train_main([str(CONFIG), f"model.path={model_dir}", *overrides])
+    return train_main([str(config), f"model.path={model_dir}", *overrides])
 
 
 if __name__ == "__main__":

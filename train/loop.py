@@ -7,6 +7,7 @@ step is split into ranks and micro-batches; gradients are synchronised only on t
 import math
 import signal
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from data.batching import BatchSampler, collate_packed, collate_padded, examples
 from data.folds import default_language_groups, split_rows
 from data.inputs import answer_token_ids, encode, model_family, pad_token_id
-from data.records import read_records
+from data.records import Record, read_records
 from model.adapters import WEIGHTS, load_adapters, trainable_state
 from model.classifier import classification_loss, lm_head_rows, load_classifier
 from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors
@@ -49,19 +50,45 @@ def build_classifier(cfg: RunConfig, device: torch.device):
     return classifier
 
 
-def load_data(cfg: RunConfig, model_type: str):
-    """(train examples, validation examples, id -> language, pad id, held-out languages); validation is a file,
-    a fold, or empty. Queries carry their English translation when the records have one (data.translations or a
-    column). Held-out languages (the language split's) are in validation only, never in training."""
+def read_data_files(cfg: RunConfig, key: str) -> list[Record]:
+    """The records of data.train (or data.valid), every file of it. Rows of two tasks (a joint QC + QI stage, whose
+    files number their rows alike) get ids "QC:<id>" and "QI:<id>"; any id still repeated is an error."""
     d = cfg.data
-    for key in ("train", "valid", "translations"):
-        if getattr(d, key) and not Path(getattr(d, key)).is_file():
-            raise FileNotFoundError(f"data.{key}: file not found: {getattr(d, key)}")
-    read = lambda path: read_records(path, d.task or None, d.translations or None, d.lowercase)  # noqa: E731
-    records = read(d.train)
-    held_out = set()
+    paths = d.train if key == "train" else [d.valid]
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data.{key}: file not found: {path}")
+    records = [r for path in paths for r in read_records(path, d.task or None, d.translations or None, d.lowercase)]
+    if len({r.task for r in records}) > 1:
+        records = [replace(r, id=f"{r.task}:{r.id}") for r in records]
+    seen = set()
+    for r in records:
+        if r.id in seen:
+            raise ConfigError(f"data.{key}: id {r.id!r} is in more than one of {paths}")
+        seen.add(r.id)
+    return records
+
+
+@dataclass
+class Data:
+    """What a run trains and validates on: token examples, and per id the language and the task."""
+    train: list
+    valid: list
+    languages: dict[str, str]
+    tasks: dict[str, str]
+    pad_id: int
+    held_out: set[str]  # the language split's held-out languages: in validation only, never in training
+
+
+def load_data(cfg: RunConfig, model_type: str) -> Data:
+    """Validation is data.valid, a fold of data.train, or empty. Queries carry their English translation when the
+    records have one (data.translations or a column)."""
+    d = cfg.data
+    records, held_out = read_data_files(cfg, "train"), set()
+    if d.translations and not Path(d.translations).is_file():
+        raise FileNotFoundError(f"data.translations: file not found: {d.translations}")
     if d.valid:
-        train_records, valid_records = records, read(d.valid)
+        train_records, valid_records = records, read_data_files(cfg, "valid")
     elif d.fold >= 0:  # fixed folds (data.split_seed): train.seed changes the run, not the split
         groups = held_out_groups(cfg, records)
         train_idx, valid_idx = split_rows(records, d.fold, d.n_folds, d.group_levels, d.split_seed,
@@ -70,12 +97,16 @@ def load_data(cfg: RunConfig, model_type: str):
         held_out = set(groups[d.fold]) if groups else set()
     else:
         train_records, valid_records = records, []
+    if len({r.task for r in records}) > 1 and d.template != "question":  # checked before any training
+        raise ConfigError("data.train holds QC and QI rows: a joint stage needs data.template: question, whose "
+                          "question names each row's task")
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
     question = d.template == "question"
     encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, d.max_length, True, question))  # noqa: E731
-    languages = {r.id: r.language for r in train_records + valid_records}
-    return encoded(train_records), encoded(valid_records), languages, pad_token_id(tokenizer, family), held_out
+    everything = train_records + valid_records
+    return Data(encoded(train_records), encoded(valid_records), {r.id: r.language for r in everything},
+                {r.id: r.task for r in everything}, pad_token_id(tokenizer, family), held_out)
 
 
 def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
@@ -142,18 +173,20 @@ def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[floa
 
 
 @torch.no_grad()
-def evaluate(model, valid, languages, pad_id, cfg: RunConfig, d: Dist, held_out=frozenset()) -> tuple[dict, dict]:
+def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
     """(metrics, id -> P(relevant)) on the validation examples, each rank scoring a shard; every rank gets both.
 
     With held-out languages, `seen_*` and `unseen_*` metrics are added, and the threshold is tuned on the seen
-    languages' rows only: no figure of the unseen ones is looked at to choose anything.
+    languages' rows only: no figure of the unseen ones is looked at to choose anything. With rows of both tasks
+    (a joint model), `QC_*` and `QI_*` metrics (each as if that task were validated alone) and their `f1_avg`.
     """
     model.eval()
+    valid = data.valid
     sampler = BatchSampler([len(e.input_ids) for e in valid], cfg.train.eval_batch_size, shuffle=False,
                            rank=d.rank, world_size=d.world_size)
     rows = []
     for indices in sampler:
-        batch = collate_padded([valid[i] for i in indices], pad_id)
+        batch = collate_padded([valid[i] for i in indices], data.pad_id)
         with torch.autocast(d.device.type, torch.bfloat16, enabled=cfg.train.bf16):
             logits = model(**to_device(batch, d.device)).float()
         labels = batch["labels"].to(d.device)
@@ -166,18 +199,33 @@ def evaluate(model, valid, languages, pad_id, cfg: RunConfig, d: Dist, held_out=
     unique = {row[0]: row[1:] for row in all_gather_lists(rows, d)}  # the sampler repeats a few examples
     ids = list(unique)
     probs, labels, losses = (list(col) for col in zip(*unique.values()))
-    langs = [languages[i] for i in ids]
-    metrics = classification_metrics(probs, labels, langs)
+    metrics = scores(probs, labels, [data.languages[i] for i in ids], [data.languages[i] not in data.held_out
+                                                                      for i in ids])
     metrics["loss"] = sum(losses) / len(losses)
-    seen = [i for i, lang in enumerate(langs) if lang not in held_out]
-    metrics["tuned_threshold"] = threshold = best_threshold([probs[i] for i in seen], [labels[i] for i in seen])
-    metrics["tuned_f1"] = classification_metrics(probs, labels, langs, threshold)["f1"]
-    if held_out:
-        for name, rows in (("seen", seen), ("unseen", [i for i, lang in enumerate(langs) if lang in held_out])):
-            part = classification_metrics([probs[i] for i in rows], [labels[i] for i in rows], [langs[i] for i in rows])
+    tasks = sorted({data.tasks[i] for i in ids})
+    if len(tasks) > 1:
+        for task in tasks:
+            rows = [j for j, i in enumerate(ids) if data.tasks[i] == task]
+            part = scores([probs[j] for j in rows], [labels[j] for j in rows], [data.languages[ids[j]] for j in rows],
+                          [data.languages[ids[j]] not in data.held_out for j in rows])
+            metrics.update({f"{task}_{k}": v for k, v in part.items() if not k.startswith("f1_")})
+        metrics["f1_avg"] = sum(metrics[f"{task}_f1"] for task in tasks) / len(tasks)
+    return metrics, dict(zip(ids, probs))
+
+
+def scores(probs, labels, languages, seen) -> dict:
+    """Metrics of these rows, the threshold tuned on the `seen` ones, and seen_* / unseen_* when some are not."""
+    metrics = classification_metrics(probs, labels, languages)
+    tuned = [j for j, s in enumerate(seen) if s]
+    metrics["tuned_threshold"] = threshold = best_threshold([probs[j] for j in tuned], [labels[j] for j in tuned])
+    metrics["tuned_f1"] = classification_metrics(probs, labels, languages, threshold)["f1"]
+    if not all(seen):
+        for name, rows in (("seen", tuned), ("unseen", [j for j, s in enumerate(seen) if not s])):
+            part = classification_metrics([probs[j] for j in rows], [labels[j] for j in rows],
+                                          [languages[j] for j in rows])
             metrics.update({f"{name}_{k}": part[k] for k in ("f1", "auc", "all_positive_f1")})
             metrics[f"{name}_rows"] = len(rows)
-    return metrics, dict(zip(ids, probs))
+    return metrics
 
 
 def train(cfg: RunConfig) -> dict:
@@ -206,7 +254,8 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
         save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(t.seed)  # the same LoRA and head initialisation on every rank
     classifier = build_classifier(cfg, d.device)
-    train_set, valid_set, languages, pad_id, held_out = load_data(cfg, classifier.model.config.model_type)
+    data = load_data(cfg, classifier.model.config.model_type)
+    train_set, valid_set, pad_id, held_out = data.train, data.valid, data.pad_id, data.held_out
     model = prepare_model(classifier, d, t.bf16, t.activation_checkpointing, t.compile)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
@@ -244,14 +293,15 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
         say(f"step {step}: checkpoint {path}")
 
     def evaluate_and_keep_best(step):
-        metrics, probs = evaluate(model, valid_set, languages, pad_id, cfg, d, held_out)
+        metrics, probs = evaluate(model, data, cfg, d)
         if d.main:
             log.append(step=step, split="valid", **metrics)
             unseen = f" | unseen {sorted(held_out)}: F1 {metrics['unseen_f1']:.4f} AUC {metrics['unseen_auc']:.4f}" \
                 if held_out else ""
             say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {metrics['f1']:.4f} (all-positive "
                 f"{metrics['all_positive_f1']:.4f}) AUC {metrics['auc']:.4f}{unseen}")
-        score = metrics["seen_f1"] if held_out else metrics["f1"]  # held-out languages choose nothing
+        # held-out languages choose nothing; a joint model is chosen by the competition's mean of the task F1s
+        score = metrics["f1_avg"] if "f1_avg" in metrics else metrics["seen_f1"] if held_out else metrics["f1"]
         if score > state["best_f1"]:
             save_best(run_dir / "best", model, d, validation=probs, **best_meta(cfg, step, metrics, state))
             state.update(best_f1=score, best_step=step, best=metrics)

@@ -17,7 +17,7 @@ import torch
 from data.records import TARGET_FIELD, DataError, read_records, read_rows
 from train.cli import run_command
 from train.config import ConfigError, RunConfig, StageSection, load_config, merge_section
-from train.loop import train
+from train.loop import read_data_files, train
 from model.loading import read_json
 from train.checkpoint import VALIDATION
 from train.predict import ensemble, predict_fold, submission_text, write_submission
@@ -61,8 +61,9 @@ def check_stages(cfg: RunConfig) -> None:
         seen.add(stage.name)
         for fold in fold_names(stage):
             run = stage_run(cfg, stage, fold)
-            if run.data.task not in ("QC", "QI"):
-                raise ConfigError(f"{where}: data.task must be QC or QI, got {run.data.task!r}")
+            if run.data.task not in ("QC", "QI", ""):
+                raise ConfigError(f"{where}: data.task must be QC, QI or empty (every task of the files), got "
+                                  f"{run.data.task!r}")
             run.check()
 
 
@@ -99,9 +100,18 @@ def _run_recipe(cfg: RunConfig, rank: int) -> dict:
 
 
 def final_stages(cfg: RunConfig) -> dict[str, StageSection]:
-    """task -> its final stage: the last stage of that task that no later stage starts from."""
+    """task -> its final stage: the last stage of that task that no later stage starts from (a joint stage is the
+    final stage of both its tasks)."""
     starts = {s.init_from for s in cfg.stages}
-    return {stage_data(cfg, s).task: s for s in cfg.stages if s.name not in starts}
+    return {task: s for s in cfg.stages if s.name not in starts for task in stage_tasks(cfg, s)}
+
+
+def stage_tasks(cfg: RunConfig, stage: StageSection) -> list[str]:
+    """The tasks a stage trains: data.task, or those of its train files' first rows (QC and QI: a joint stage)."""
+    data = stage_data(cfg, stage)
+    if data.task:
+        return [data.task]
+    return sorted({str(read_rows(path)[0][1].get("task")) for path in data.train})
 
 
 def summary(cfg: RunConfig, results: dict) -> str:
@@ -119,7 +129,9 @@ def summary(cfg: RunConfig, results: dict) -> str:
             r.update({f"step0_{k}": r["step0"][k] for k in ("f1", "auc")} if "step0" in r else {})
         languages = sorted({k[3:] for _, r in rows for k in r if k.startswith("f1_")})
         columns = [("F1", "f1"), ("P", "precision"), ("R", "recall"), ("AUC", "auc"), ("all-pos F1", "all_positive_f1")]
-        columns += [(head, key) for head, key in (("F1@0", "step0_f1"), ("AUC@0", "step0_auc"), ("unseen F1", "unseen_f1"),
+        columns += [(head, key) for head, key in (("QC F1", "QC_f1"), ("QC AUC", "QC_auc"), ("QI F1", "QI_f1"),
+                                                   ("QI AUC", "QI_auc"), ("F1_avg", "f1_avg"),
+                                                   ("F1@0", "step0_f1"), ("AUC@0", "step0_auc"), ("unseen F1", "unseen_f1"),
                                                    ("unseen AUC", "unseen_auc"), ("unseen a-p", "unseen_all_positive_f1"),
                                                    ("seen F1", "seen_f1"), ("seen AUC", "seen_auc"))
                     if any(key in r for _, r in rows)]
@@ -128,15 +140,17 @@ def summary(cfg: RunConfig, results: dict) -> str:
         table.append(["mean"] + [sum(row[i] for row in table) / len(table) for i in range(1, len(columns) + 1)])
         data = stage_data(cfg, stage)
         split = f", held-out languages {[r.get('held_out') for _, r in rows]}" if data.split == "languages" else ""
-        lines.append(f"{stage.name} ({data.task}, validation{split})")
+        lines.append(f"{stage.name} ({'+'.join(stage_tasks(cfg, stage))}, validation{split})")
         lines.append("".join(f"{h:>11}" for h in ["fold"] + [head for head, _ in columns]))
         lines += ["".join(f"{v:>11}" if isinstance(v, str) else f"{v:>11.4f}" for v in row) for row in table]
-        scores[stage.name] = table[-1][1]
-    finals = {task: scores[s.name] for task, s in final_stages(cfg).items() if s.name in scores}
+        mean = dict(zip([key for _, key in columns], table[-1][1:]))
+        for task in stage_tasks(cfg, stage):
+            scores[stage.name, task] = mean.get(f"{task}_f1", mean["f1"])
+    finals = {task: scores[s.name, task] for task, s in final_stages(cfg).items() if (s.name, task) in scores}
     if {"QC", "QI"} <= finals.keys():
         lines.append(f"F1_avg = 0.5 F1_QC + 0.5 F1_QI = {0.5 * finals['QC'] + 0.5 * finals['QI']:.4f}")
     for task, stage in final_stages(cfg).items():
-        oof = out_of_fold(cfg, stage)
+        oof = out_of_fold(cfg, stage, task)
         if oof:
             choice, f1s = threshold_choice(cfg, oof)
             scored = ", ".join(f"{c} {f1:.4f}" for c, f1 in f1s.items())
@@ -146,20 +160,21 @@ def summary(cfg: RunConfig, results: dict) -> str:
     return "\n".join(lines)
 
 
-def out_of_fold(cfg: RunConfig, stage: StageSection) -> dict | None:
-    """The out-of-fold rows of a fold stage: {"ids", "probs", "labels", "languages", "folds"}, each row scored by
-    the best model of the fold that validated it (best/validation.json); None for a full-data stage."""
+def out_of_fold(cfg: RunConfig, stage: StageSection, task: str) -> dict | None:
+    """The out-of-fold rows of `task` in a fold stage: {"ids", "probs", "labels", "languages", "folds"}, each row
+    scored by the best model of the fold that validated it (best/validation.json); None for a full-data stage."""
     if stage.folds == "full":
         return None
-    data = stage_data(cfg, stage)
-    labelled = {r.id: r for r in read_records(data.valid or data.train, data.task or None,
-                                              data.translations or None, data.lowercase)}
+    run = stage_run(cfg, stage, fold_names(stage)[0])
+    labelled = {r.id: r for r in read_data_files(run, "valid" if run.data.valid else "train")}
     oof = {"ids": [], "probs": [], "labels": [], "languages": [], "folds": []}
     for fold in fold_names(stage):
         path = Path(cfg.run_dir) / stage.name / fold / "best" / VALIDATION
         for id_, prob in read_json(path, "validation probabilities of a fold").items():
-            for key, value in zip(oof, (id_, prob, labelled[id_].label, labelled[id_].language, fold)):
-                oof[key].append(value)
+            r = labelled[id_]
+            if r.task == task:
+                for key, value in zip(oof, (r.id, prob, r.label, r.language, fold)):
+                    oof[key].append(value)
     return oof
 
 
@@ -206,8 +221,9 @@ def predict(cfg: RunConfig) -> Path:
             probs, _ = predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)
             fold_probs.append(probs)
             result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
-            weights.append(result.get("f1", 1.0) ** p.weight_power if p.ensemble.startswith("weighted") else 1.0)
-        oof = out_of_fold(cfg, stage)
+            f1 = result.get(f"{task}_f1", result.get("f1", 1.0))  # a joint model's F1 on this task
+            weights.append(f1 ** p.weight_power if p.ensemble.startswith("weighted") else 1.0)
+        oof = out_of_fold(cfg, stage, task)
         if oof:
             thresholds, choice = tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
         elif isinstance(p.threshold, str) and p.threshold != "auto":
