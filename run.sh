@@ -24,6 +24,7 @@ case "${1:-}" in
     test)
         shift
         setup_env
+        "$VENV/bin/ruff" check .  # the linter (ruff.toml), then the tests
         exec "$PY" -m pytest tests "$@"
         ;;
     demo)

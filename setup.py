@@ -19,7 +19,8 @@ setup(
     ],
     extras_require={
         # triton: the version torch 2.13 pins; its interpreter runs the kernel tests on CPU.
-        "test": ["pytest", "hypothesis", "transformers>=5.0", "peft>=0.17", "triton==3.7.1; platform_system == 'Linux'"],
+        "test": ["pytest", "hypothesis", "ruff", "transformers>=5.0", "peft>=0.17",
+                 "triton==3.7.1; platform_system == 'Linux'"],
         "plot": ["matplotlib"],
     },
 )

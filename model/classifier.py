@@ -8,8 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.decoder import Decoder
-from model.loading import (CheckpointError, canonical_name, load_safetensors, mapped_tensors, read_config, resolve,
-                           safetensors_files)
+from model.loading import (
+    CheckpointError,
+    canonical_name,
+    load_safetensors,
+    mapped_tensors,
+    read_config,
+    resolve,
+    safetensors_files,
+)
 
 
 class SequenceClassifier(nn.Module):

@@ -11,14 +11,15 @@ from safetensors.torch import load_file
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from hf_tiny import CONFIGS, save_tiny
 from model.adapters import export_peft, load_adapters, save_adapters
 from model.classifier import load_classifier
 from model.loading import CheckpointError
 from model.lora import add_lora
 
+from hf_tiny import CONFIGS, save_tiny
+
 MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7])
-IDS = torch.randint(1, 97, (3, 9), generator=torch.Generator().manual_seed(0)) * MASK  # pad id 0 (transformers pools on it)
+IDS = torch.randint(1, 97, (3, 9), generator=torch.Generator().manual_seed(0)) * MASK  # pad id 0 (HF pools on it)
 
 
 def trained(base, seed=0, **lora):

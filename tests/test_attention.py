@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 
 from data.batching import Example, collate_packed, collate_padded
-from hf_tiny import FAMILIES, save_tiny
 from kernels.attention import attention, attention_mask, block_mask, dense_mask, eager_attention
 from model.classifier import load_classifier
 from model.lora import add_lora
+
+from hf_tiny import FAMILIES, save_tiny
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, H_KV, T, D = 3, 4, 2, 13, 16

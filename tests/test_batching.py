@@ -10,8 +10,17 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from data.batching import (BatchSampler, Example, collate_packed, collate_padded, collate_rows, examples, main, pack,
-                           padding_waste)
+from data.batching import (
+    BatchSampler,
+    Example,
+    collate_packed,
+    collate_padded,
+    collate_rows,
+    examples,
+    main,
+    pack,
+    padding_waste,
+)
 from data.inputs import close_token_id, encode, pad_token_id
 from data.records import read_records
 

@@ -4,11 +4,12 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 
-from hf_tiny import CONFIGS, FAMILIES, padded_batch, randomize, save_tiny
 from model import load_pretrained
 from model.classifier import classification_loss, last_token_index, lm_head_rows, load_classifier
 from model.decoder import positions_from_mask
 from model.lora import add_lora
+
+from hf_tiny import CONFIGS, FAMILIES, padded_batch, randomize, save_tiny
 
 T = 11
 
@@ -94,7 +95,8 @@ def test_loss_matches_float64_cross_entropy():
     assert classification_loss(logits, labels).item() == pytest.approx(-p[range(6), labels].mean().item(), rel=1e-6)
     want = (w * (-(p[range(6), labels]))).sum() / w.sum()
     assert classification_loss(logits, labels, weights).item() == pytest.approx(want.item(), rel=1e-6)
-    assert classification_loss(logits, labels, label_smoothing=smooth).item() == pytest.approx(nll.mean().item(), rel=1e-6)
+    loss = classification_loss(logits, labels, label_smoothing=smooth).item()
+    assert loss == pytest.approx(nll.mean().item(), rel=1e-6)
 
 
 def test_lora_gradients_reach_only_adapters_and_head_and_loss_goes_down(tmp_path):

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from hf_tiny import FAMILIES, padded_batch, save_tiny
 from model import load_pretrained
 from model.decoder import attention_masks, positions_from_mask
+
+from hf_tiny import FAMILIES, padded_batch, save_tiny
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the bf16 comparison runs
 T = 11  # longer than the sliding window (4) of the Gemma2/Gemma3 test models
@@ -37,8 +38,9 @@ def test_matches_transformers_float32(pair, padding):
 
 @torch.no_grad()
 def test_bfloat16_error_no_larger_than_transformers(pair):
-    """On the GPU when there is one (Triton kernels, CUDA attention on our side). bf16 keeps 8 significant bits, so both implementations drift from the float32 result by rounding that
-    depends on the order of operations (0.02-0.25 on these random models' logits of scale 2-16, for both).
+    """On the GPU when there is one (Triton kernels, CUDA attention on our side). bf16 keeps 8 significant bits,
+    so both implementations drift from the float32 result by rounding that depends on the order of operations
+    (0.02-0.25 on these random models' logits of scale 2-16, for both).
     The fair bound: our bf16 error against the float32 result stays within 1.5x of transformers' own bf16
     error, plus a floor of 1e-2 for the models where both errors are tiny."""
     hf, ours = pair

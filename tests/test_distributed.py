@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from train.loop import train
+
 from train_fixtures import tiny_config
 
 ATOL, RTOL = 1e-5, 1e-4

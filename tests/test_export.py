@@ -5,11 +5,12 @@ import pytest
 import torch
 import transformers as tf
 
-from hf_tiny import save_tiny
 from model import load_pretrained
 from model.classifier import load_classifier
 from model.export import export_merged
 from model.lora import LoRALinear, add_lora
+
+from hf_tiny import save_tiny
 
 MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [0] * 5 + [1] * 4])
 IDS = torch.randint(1, 97, (3, 9), generator=torch.Generator().manual_seed(0)) * MASK  # pad id 0

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from hf_tiny import FAMILIES, save_tiny
 from model import load_pretrained
 from model.decoder import KVCache
 from model.generate import generate
+
+from hf_tiny import FAMILIES, save_tiny
 
 
 def left_padded_prompts():

@@ -8,9 +8,10 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
-from hf_tiny import CONFIGS, randomize, save_tiny
 from model import load_pretrained
 from model.loading import CheckpointError, load_tokenizer, save_tensors
+
+from hf_tiny import CONFIGS, randomize, save_tiny
 
 IDS = torch.tensor([[5, 17, 3, 88, 42, 9, 61]])
 
@@ -65,7 +66,7 @@ def test_truncated_file_is_named(qwen3_dir, tmp_path):
     path = copy_checkpoint(qwen3_dir, tmp_path / "cut")
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[:-100])
-    with pytest.raises(ValueError, match=r"cut/model.safetensors: tensor .* cannot be read: it lies past the end of the file"):
+    with pytest.raises(ValueError, match=r"cut/model.safetensors: tensor .* cannot be read: it lies past the end"):
         load_pretrained(path)
     (path / "model.safetensors").write_bytes(b"\x10" + bytes(7) + b"not json at all!")
     with pytest.raises(ValueError, match=r"cut/model.safetensors: not a safetensors file"):
@@ -130,7 +131,7 @@ def reshape_q(tensors):
 @pytest.mark.parametrize("edit, error, message", [
     (drop_norm, CheckpointError, r"lacks 1 tensor\(s\), first 'layers.1.input_layernorm.weight'"),
     (add_extra, CheckpointError, r"model.safetensors: unexpected tensor 'model.layers.0.self_attn.extra.weight'"),
-    (reshape_q, CheckpointError, r"model.safetensors: tensor 'model.layers.0.self_attn.q_proj.weight' has shape \(3, 48\)"),
+    (reshape_q, CheckpointError, r"tensor 'model.layers.0.self_attn.q_proj.weight' has shape \(3, 48\)"),
 ])
 def test_mismatched_checkpoint_names_the_tensor(qwen3_dir, tmp_path, edit, error, message):
     path = copy_checkpoint(qwen3_dir, tmp_path / "bad", edit)

@@ -14,14 +14,15 @@ import torch
 from safetensors.torch import load_file
 from torch._dynamo.utils import counters
 
-from train.checkpoint import latest_checkpoint
-from train.config import ConfigError, TrainSection, save_config
 from data.batching import collate_padded
 from model.adapters import load_adapters
+from train.checkpoint import latest_checkpoint
+from train.config import ConfigError, TrainSection, save_config
 from train.distributed import Dist
 from train.loop import Data, build_classifier, evaluate, load_data, lr_at, train
 from train.main import main
 from train.progress import MetricsLog, plot
+
 from train_fixtures import make_qi_records, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +186,8 @@ def test_resume_with_other_result_changing_settings_is_refused_naming_each(refer
     changed.train.lr, changed.lora.r, changed.data.train = 0.5, 8, [str(tmp / "valid.jsonl")]
     before = (copy / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"config.yaml: resuming with other settings .*: lora.r \(4 -> 8\), "
-                                          r"data.train \(\[.*train.jsonl'\] -> \[.*valid.jsonl'\]\), train.lr \(0.01 -> 0.5\)"):
+                                          r"data.train \(\[.*train.jsonl'\] -> \[.*valid.jsonl'\]\), "
+                                          r"train.lr \(0.01 -> 0.5\)"):
         train(changed)
     assert (copy / "config.yaml").read_text() == before  # the run's own config is left as it was
     accumulated = reference_config(tmp, str(copy))

@@ -14,8 +14,10 @@ class Block(nn.Module):
 
     def __init__(self, d=16):
         super().__init__()
-        self.self_attn = nn.ModuleDict({n: nn.Linear(d, d, bias=n == "q_proj") for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
-        self.mlp = nn.ModuleDict({"gate_proj": nn.Linear(d, 2 * d), "up_proj": nn.Linear(d, 2 * d), "down_proj": nn.Linear(2 * d, d)})
+        self.self_attn = nn.ModuleDict({n: nn.Linear(d, d, bias=n == "q_proj")
+                                        for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
+        self.mlp = nn.ModuleDict({"gate_proj": nn.Linear(d, 2 * d), "up_proj": nn.Linear(d, 2 * d),
+                                  "down_proj": nn.Linear(2 * d, d)})
         self.norm = nn.LayerNorm(d)
 
     def forward(self, x):

@@ -8,7 +8,8 @@ from data.records import DataError, Record, category_levels, read_records
 
 QC = {"id": 1, "task": "QC", "language": "en", "origin_query": "Red  Shoes", "category_path": "shoes,men's shoes",
       "label": 1}
-QI = {"id": 2, "task": "QI", "language": "ja", "origin_query": "赤い\u3000靴", "item_title": "Red Sneaker\tX", "label": 0}
+QI = {"id": 2, "task": "QI", "language": "ja", "origin_query": "赤い\u3000靴", "item_title": "Red Sneaker\tX",
+      "label": 0}
 
 
 def without(row, key):
@@ -53,8 +54,8 @@ def test_one_translation_file_serves_files_whose_ids_overlap(tmp_path):
     qc = write_jsonl(tmp_path / "train_QC.txt", [dict(QC, id=1), dict(QC, id=2, origin_query="sac")])
     qi = write_jsonl(tmp_path / "test_QI.txt", [dict(QI, id=1, origin_query="lampe"), dict(QI, id=2)])
     side = write_jsonl(tmp_path / "translations.jsonl", [
-        {"origin_query": "Red Shoes", "translated_query": "red shoes"}, {"origin_query": "sac", "translated_query": "bag"},
-        {"origin_query": "lampe", "translated_query": "lamp"}, {"origin_query": "赤い 靴", "translated_query": "red shoes"}])
+        {"origin_query": q, "translated_query": t}
+        for q, t in (("Red Shoes", "red shoes"), ("sac", "bag"), ("lampe", "lamp"), ("赤い 靴", "red shoes"))])
     assert [r.translation for r in read_records(qc, translations=side)] == ["red shoes", "bag"]
     assert [r.translation for r in read_records(qi, translations=side)] == ["lamp", "red shoes"]
 

@@ -9,8 +9,9 @@ from tokenizers.pre_tokenizers import Whitespace
 
 import train.translate
 from data import read_records
-from hf_tiny import save_tiny
 from train.translate import main
+
+from hf_tiny import save_tiny
 
 WORDS = "translate this e-commerce search query into english reply with the translation only . : <user> <model>"
 CHAT_TEMPLATE = ("{% for m in messages %}<user> {{ m.content }} {% endfor %}"
@@ -99,7 +100,8 @@ def test_empty_or_failed_translations_fall_back_to_the_query(checkpoint, competi
 def test_files_whose_ids_overlap_share_one_translation_file(checkpoint, competition_file, tmp_path):
     """QC and QI files both number their rows from 1: each row still gets its own query's translation."""
     qc, qi = tmp_path / "test_QC.txt", tmp_path / "test_QI.txt"
-    for path, task, target, queries in ((qc, "QC", "category_path", QUERIES[:4]), (qi, "QI", "item_title", QUERIES[3:])):
+    files = ((qc, "QC", "category_path", QUERIES[:4]), (qi, "QI", "item_title", QUERIES[3:]))
+    for path, task, target, queries in files:
         path.write_text("".join(json.dumps({"id": i, "task": task, "language": "fr", "origin_query": q, target: "x"})
                                 + "\n" for i, q in enumerate(queries, 1)))
     output = tmp_path / "t.jsonl"

@@ -70,7 +70,8 @@ def prepare(args, directory: Path):
 
     shape = SHAPES[args.model_shape]
     fam, folder = TOKENIZERS[shape["model_type"]]
-    tokenizer_file, sample = args.shared / "tokenizers" / folder / "tokenizer.json", args.shared / "data" / "qc_sample.jsonl"
+    tokenizer_file = args.shared / "tokenizers" / folder / "tokenizer.json"
+    sample = args.shared / "data" / "qc_sample.jsonl"
     for path in (sample, tokenizer_file):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found (--shared names the folder with data/ and tokenizers/)")

@@ -11,7 +11,6 @@ from typing import Literal
 import torch
 import yaml
 
-
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}  # model.dtype -> torch dtype
 
 
@@ -43,7 +42,7 @@ class DataSection:
     translations: str = ""  # file of id -> English query; empty: none
     fold: int = 0  # fold held out for validation when `valid` is empty; -1 trains on all rows
     n_folds: int = 5  # folds of the grouped split
-    split: Literal["groups", "languages"] = "groups"  # languages: fold k holds out held_out_languages[k] (data/folds.py)
+    split: Literal["groups", "languages"] = "groups"  # languages: fold k holds out held_out_languages[k]
     held_out_languages: list[list[str]] = field(default_factory=list)  # empty: one fold per language of `train`
     group_levels: int = 2  # category levels that make a QC group (QI rows group by query)
     stratify_top_level: bool = False  # strata language x label, and x top-level category when true
@@ -148,7 +147,8 @@ RANGES = {
                    "no clipping)"), "eval_every": NON_NEGATIVE, "save_every": NON_NEGATIVE, "keep_last": AT_LEAST_ONE,
                    "seed": NON_NEGATIVE, "class_weights": POSITIVE, "label_smoothing": BELOW_ONE},
     PredictSection: {"batch_size": AT_LEAST_ONE, "weight_power": NON_NEGATIVE,
-                     "threshold": (lambda v: isinstance(v, str) or 0 <= v <= 1, "auto, global, per_language or in [0, 1]")},
+                     "threshold": (lambda v: isinstance(v, str) or 0 <= v <= 1,
+                                   "auto, global, per_language or in [0, 1]")},
 }
 _SECTION_KEY = {ModelSection: "model", LoraSection: "lora", DataSection: "data", TrainSection: "train",
                 PredictSection: "predict"}

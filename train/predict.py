@@ -90,7 +90,8 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     return probs, info["threshold"]
 
 
-def ensemble(fold_probs: list[dict[str, float]], weights: list[float], threshold_of, vote: bool = False) -> dict[str, int]:
+def ensemble(fold_probs: list[dict[str, float]], weights: list[float], threshold_of,
+             vote: bool = False) -> dict[str, int]:
     """id -> 0/1 from the folds' probabilities, each fold weighted by `weights`, against threshold_of(id).
     Mean: the weighted mean probability. Vote: the weighted share of folds at or above the threshold; a tie counts
     as relevant (positive-class F1 rewards recall on this data)."""
@@ -98,7 +99,8 @@ def ensemble(fold_probs: list[dict[str, float]], weights: list[float], threshold
     if vote:
         return {i: int(2 * sum(w * (p[i] >= threshold_of(i)) for p, w in zip(fold_probs, weights)) >= total)
                 for i in fold_probs[0]}
-    return {i: int(sum(w * p[i] for p, w in zip(fold_probs, weights)) / total >= threshold_of(i)) for i in fold_probs[0]}
+    return {i: int(sum(w * p[i] for p, w in zip(fold_probs, weights)) / total >= threshold_of(i))
+            for i in fold_probs[0]}
 
 
 def id_order(id_: str):

@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 
 from data.records import TARGET_FIELD, DataError, read_records, read_rows
+from model.loading import read_json
+from train.checkpoint import VALIDATION
 from train.cli import run_command
 from train.config import ConfigError, RunConfig, StageSection, load_config, merge_section
 from train.loop import read_data_files, train
-from model.loading import read_json
-from train.checkpoint import VALIDATION
 from train.predict import ensemble, predict_fold, submission_text, write_submission
-from train.thresholds import Thresholds, choose, tune
 from train.rundir import RunLock, write_atomic
+from train.thresholds import Thresholds, choose, tune
 
 RESULT = "result.json"  # written when a run finishes; its presence means "done"
 
@@ -129,12 +129,11 @@ def summary(cfg: RunConfig, results: dict) -> str:
             r.update({f"step0_{k}": r["step0"][k] for k in ("f1", "auc")} if "step0" in r else {})
         languages = sorted({k[3:] for _, r in rows for k in r if k.startswith("f1_")})
         columns = [("F1", "f1"), ("P", "precision"), ("R", "recall"), ("AUC", "auc"), ("all-pos F1", "all_positive_f1")]
-        columns += [(head, key) for head, key in (("QC F1", "QC_f1"), ("QC AUC", "QC_auc"), ("QI F1", "QI_f1"),
-                                                   ("QI AUC", "QI_auc"), ("F1_avg", "f1_avg"),
-                                                   ("F1@0", "step0_f1"), ("AUC@0", "step0_auc"), ("unseen F1", "unseen_f1"),
-                                                   ("unseen AUC", "unseen_auc"), ("unseen a-p", "unseen_all_positive_f1"),
-                                                   ("seen F1", "seen_f1"), ("seen AUC", "seen_auc"))
-                    if any(key in r for _, r in rows)]
+        optional = [("QC F1", "QC_f1"), ("QC AUC", "QC_auc"), ("QI F1", "QI_f1"), ("QI AUC", "QI_auc"),
+                    ("F1_avg", "f1_avg"), ("F1@0", "step0_f1"), ("AUC@0", "step0_auc"), ("unseen F1", "unseen_f1"),
+                    ("unseen AUC", "unseen_auc"), ("unseen a-p", "unseen_all_positive_f1"), ("seen F1", "seen_f1"),
+                    ("seen AUC", "seen_auc")]
+        columns += [(head, key) for head, key in optional if any(key in r for _, r in rows)]
         columns += [(f"F1 {lang}", f"f1_{lang}") for lang in languages]
         table = [[fold] + [r.get(key, float("nan")) for _, key in columns] for fold, r in rows]
         table.append(["mean"] + [sum(row[i] for row in table) / len(table) for i in range(1, len(columns) + 1)])

@@ -33,7 +33,7 @@ def read_submission(path) -> dict[str, list[tuple[int, dict]]]:
     out = {}
     for task, (where, text) in texts.items():
         if task not in TARGET_FIELD:
-            raise DataError(where, None, None, f"not a submit_QC.txt or submit_QI.txt")
+            raise DataError(where, None, None, "not a submit_QC.txt or submit_QI.txt")
         rows = []
         for line, content in enumerate(text.split("\n"), 1):
             if content.strip():
@@ -91,7 +91,8 @@ def compare(a, b, labelled=()) -> str:
         by_language = defaultdict(list)
         for id_ in common:
             by_language[preds[0][id_][1]].append(preds[0][id_][0] != preds[1][id_][0])
-        lines.append(f"{task}: {len(common)} rows in both, {100 * sum(map(sum, by_language.values())) / len(common):.1f}% "
+        differ = 100 * sum(map(sum, by_language.values())) / len(common)
+        lines.append(f"{task}: {len(common)} rows in both, {differ:.1f}% "
                      f"differ; per language: " + ", ".join(f"{lang} {100 * sum(d) / len(d):.1f}%"
                                                           for lang, d in sorted(by_language.items())))
         scored = [i for i in common if (task, i) in labels]

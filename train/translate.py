@@ -6,8 +6,8 @@
 Unique queries only, in length-sorted batches. Every finished batch is appended to OUTPUT.rank<R>.part, so an
 interrupted run resumes without redoing finished queries (with any number of ranks). At the end the
 `origin_query, translated_query` file the data pipeline reads is written to OUTPUT, atomically: one line per
-unique query, so files whose ids overlap (train and test, QC and QI) share one translation file. A translation that fails
-or comes back empty falls back to the original query and is counted in the report.
+unique query, so files whose ids overlap (train and test, QC and QI) share one translation file. A translation that
+fails or comes back empty falls back to the original query and is counted in the report.
 """
 import argparse
 import json
