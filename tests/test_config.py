@@ -39,7 +39,7 @@ def test_overrides_are_parsed_to_the_field_type(config_file):
     ("train.epochs=two", "train.epochs: expected int, got 'two'"),
     ("train.epochs=1.5", "train.epochs: expected int, got '1.5'"),
     ("train.schedule=step", "train.schedule: 'step' is not one of constant, linear, cosine"),
-    ("train.bf16=maybe", "train.bf16: expected true or false"),
+    ("train.bf16=maybe", "train.bf16: .maybe. is not one of auto or expected true or false"),
     ("train", "not of the form key.sub=value"),
 ])
 def test_bad_keys_and_values_are_named(config_file, override, message):

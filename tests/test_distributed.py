@@ -16,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from train.distributed import cpu_flags, use_bf16
 from train.loop import train
 
 from train_fixtures import tiny_config
@@ -78,3 +79,28 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
     evals = [json.loads(line) for line in (tmp_path / "ranks2_batch4" / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in evals if r["split"] == "valid"][-1]
     assert valid["f1"] == pytest.approx(one["f1"]) and valid["auc"] == pytest.approx(one["auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("capability, flags, expected", [
+    ("AVX512", {"avx512f", "avx512_bf16"}, True),
+    ("AVX512", {"avx512f", "amx_bf16", "amx_tile"}, True),
+    ("AVX512", {"avx512f"}, False),  # AVX512 without bf16 instructions
+    ("AVX2", {"avx2", "avx512_bf16"}, False),  # ATEN_CPU_CAPABILITY=avx2 emulates an AVX2 host: its kernels rule
+    ("AVX2", {"avx2"}, False),
+])
+def test_auto_precision_follows_the_cpu(monkeypatch, capability, flags, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr("train.distributed.cpu_flags", lambda: flags)
+    cpu = torch.device("cpu")
+    assert use_bf16("auto", cpu) is expected
+    assert use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
+
+
+def test_auto_precision_is_bf16_on_a_cuda_device_that_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert use_bf16("auto", torch.device("cuda", 0)) is True
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    flags = cpu_flags()
+    assert not flags or "fpu" in flags  # every x86 CPU lists fpu; elsewhere the set may be empty

@@ -69,7 +69,7 @@ class TrainSection:
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
     keep_last: int = 2
     seed: int = 0
-    bf16: bool = True  # bf16 autocast (and bf16 FSDP compute)
+    bf16: Literal["auto"] | bool = "auto"  # bf16 autocast (and bf16 FSDP compute); auto: where the hardware is fast
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile each decoder block: fuses its element-wise work (pays off on CUDA)
     class_weights: list[float] = field(default_factory=list)

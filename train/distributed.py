@@ -1,6 +1,8 @@
-"""Processes and sharding: the process group (NCCL on CUDA, gloo on CPU) and FSDP2 wrapping of the classifier."""
+"""Processes and sharding: the process group (NCCL on CUDA, gloo on CPU), FSDP2 wrapping of the classifier, and
+the precision the hardware computes fastest in."""
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -17,6 +19,25 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    path = Path("/proc/cpuinfo")
+    text = path.read_text() if path.is_file() else ""
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def use_bf16(setting, device: torch.device) -> bool:
+    """train.bf16: true / false as set; auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix products
+    (AVX512-BF16 or AMX, used by torch's AVX512 kernels), float32 elsewhere: bf16 products crawl on AVX2."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    native = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and bool(
+        {"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return native
 
 
 def init_distributed() -> Dist:

@@ -4,6 +4,7 @@ An optimizer step sees batch_size x grad_accum x world_size examples. The loss o
 share of the mean over all of them (all ranks, all micro-steps), so the update does not depend on how the
 step is split into ranks and micro-batches; gradients are synchronised only on the last micro-step.
 """
+import logging
 import math
 import signal
 import time
@@ -23,7 +24,15 @@ from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_ten
 from model.lora import add_lora
 from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.config import DTYPES, ConfigError, RunConfig, save_config
-from train.distributed import Dist, all_gather_lists, all_reduce_sum, init_distributed, prepare_model, shutdown
+from train.distributed import (
+    Dist,
+    all_gather_lists,
+    all_reduce_sum,
+    init_distributed,
+    prepare_model,
+    shutdown,
+    use_bf16,
+)
 from train.metrics import best_threshold, classification_metrics
 from train.progress import MetricsLog, Progress, plot
 from train.rundir import check_resume, lock_run_dir
@@ -123,6 +132,11 @@ def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
         raise ConfigError(f"data.held_out_languages: fold {d.fold} holds out {groups[d.fold]}, which "
                           f"{d.train} has no rows of")
     return groups
+
+
+def log_precision(bf16: bool, device: torch.device) -> None:
+    logging.getLogger(__name__).info("precision: %s on %s", "bf16 autocast" if bf16 else "float32",
+                                     torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device)
 
 
 class StopFlag:
@@ -252,6 +266,10 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+    cfg = replace(cfg, train=replace(cfg.train, bf16=use_bf16(cfg.train.bf16, d.device)))
+    t = cfg.train
+    if d.main:
+        log_precision(cfg.train.bf16, d.device)
     torch.manual_seed(t.seed)  # the same LoRA and head initialisation on every rank
     classifier = build_classifier(cfg, d.device)
     data = load_data(cfg, classifier.model.config.model_type)

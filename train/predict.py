@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from model.classifier import load_classifier
 from model.loading import file_hash, load_tokenizer, read_json, resolve
 from model.lora import add_lora
 from train.config import DTYPES, RunConfig
+from train.distributed import use_bf16
 from train.loop import to_device
 from train.rundir import write_atomic
 
@@ -71,6 +73,7 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     The config's model.path is the base model (so a moved or downloaded checkpoint works); the one recorded in
     adapters.json is used only when the config names none.
     """
+    run = replace(run, train=replace(run.train, bf16=use_bf16(run.train.bf16, torch.device(device))))
     best_dir = Path(run.run_dir) / "best"
     info = read_json(best_dir / META, "adapters.json of a trained fold")
     base = resolve(run.model.path or info["base_model"])
