@@ -18,6 +18,10 @@ def test_hand_counted_metrics():
     assert m["f1_en"] == 1.0 and m["f1_fr"] == 0.0
     assert m["auc"] == pytest.approx(7 / 9)  # 7 of 9 positive/negative pairs are ordered right
     assert m["all_positive_f1"] == pytest.approx(2 * 0.5 / 1.5)
+    # en: positives 0.9, 0.8 above the negative 0.1 -> AUC 1; fr: positive 0.3 below both negatives -> 0
+    assert m["auc_en"] == 1.0 and m["auc_fr"] == 0.0
+    assert m["all_positive_f1_en"] == pytest.approx(2 * (2 / 3) / (2 / 3 + 1))  # 2 of 3 en rows are relevant
+    assert m["all_positive_f1_fr"] == pytest.approx(2 * (1 / 3) / (1 / 3 + 1))
 
 
 def test_auc_is_nan_with_one_class():

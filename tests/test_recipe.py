@@ -285,6 +285,7 @@ def test_language_held_out_folds_report_unseen_next_to_seen_languages(tmp_path, 
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "held-out languages [['ja', 'ko'], ['es']]" in out and "unseen F1" in out and "seen AUC" in out
+    assert all(f"{head} {lang}" in out for head in ("AUC", "a-p") for lang in ("es", "ja", "ko"))
     for fold, held in (("fold0", {"ja", "ko"}), ("fold1", {"es"})):
         result = json.loads((tmp_path / "run" / "QC" / fold / "result.json").read_text())
         assert result["held_out"] == sorted(held) and 0 <= result["unseen_auc"] <= 1

@@ -134,6 +134,9 @@ def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
     return groups
 
 
+PER_LANGUAGE = ("f1_", "auc_", "all_positive_f1_")  # metrics keys of one language: f1_ja, auc_ja, ...
+
+
 def log_precision(bf16: bool, device: torch.device) -> None:
     logging.getLogger(__name__).info("precision: %s on %s", "bf16 autocast" if bf16 else "float32",
                                      torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device)
@@ -222,7 +225,7 @@ def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
             rows = [j for j, i in enumerate(ids) if data.tasks[i] == task]
             part = scores([probs[j] for j in rows], [labels[j] for j in rows], [data.languages[ids[j]] for j in rows],
                           [data.languages[ids[j]] not in data.held_out for j in rows])
-            metrics.update({f"{task}_{k}": v for k, v in part.items() if not k.startswith("f1_")})
+            metrics.update({f"{task}_{k}": v for k, v in part.items() if not k.startswith(PER_LANGUAGE)})
         metrics["f1_avg"] = sum(metrics[f"{task}_f1"] for task in tasks) / len(tasks)
     return metrics, dict(zip(ids, probs))
 
@@ -332,7 +335,7 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
                 f"for tensor")
     if (cfg.init_from or cfg.model.head_init == "lm_answer") and valid_set and not resume_from:
         # what the run starts knowing (the other task's stage, the LM's own yes/no), before any update
-        state["step0"] = {k: v for k, v in evaluate_and_keep_best(0).items() if not k.startswith("f1_")}
+        state["step0"] = {k: v for k, v in evaluate_and_keep_best(0).items() if not k.startswith(PER_LANGUAGE)}
 
     stop = StopFlag()
     try:

@@ -20,6 +20,9 @@ def classification_metrics(probs, labels, languages, threshold: float = 0.5) -> 
     for lang in sorted(set(languages.tolist())):
         mask = languages == lang
         out[f"f1_{lang}"] = f1_score(labels[mask], preds[mask], zero_division=0)
+        out[f"auc_{lang}"] = roc_auc_score(labels[mask], probs[mask]) if len(set(labels[mask].tolist())) == 2 \
+            else math.nan
+        out[f"all_positive_f1_{lang}"] = f1_score(labels[mask], np.ones_like(labels[mask]), zero_division=0)
     return {k: float(v) for k, v in out.items()}
 
 

@@ -135,6 +135,9 @@ def summary(cfg: RunConfig, results: dict) -> str:
                     ("seen AUC", "seen_auc")]
         columns += [(head, key) for head, key in optional if any(key in r for _, r in rows)]
         columns += [(f"F1 {lang}", f"f1_{lang}") for lang in languages]
+        held_out = sorted({lang for _, r in rows for lang in r.get("held_out", [])})
+        columns += [(f"{head} {lang}", f"{key}_{lang}") for lang in held_out
+                    for head, key in (("AUC", "auc"), ("a-p", "all_positive_f1"))]
         table = [[fold] + [r.get(key, float("nan")) for _, key in columns] for fold, r in rows]
         table.append(["mean"] + [sum(row[i] for row in table) / len(table) for i in range(1, len(columns) + 1)])
         data = stage_data(cfg, stage)
