@@ -120,6 +120,7 @@ def save_sharded(rank, base, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_save_gathers_fsdp2_shards_on_rank_0(base, tmp_path):
     mp.start_processes(save_sharded, args=(str(base), str(tmp_path / "out")), nprocs=2, start_method="fork")
