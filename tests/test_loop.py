@@ -19,7 +19,7 @@ from model.adapters import load_adapters
 from train.checkpoint import latest_checkpoint
 from train.config import ConfigError, TrainSection, save_config
 from train.distributed import Dist
-from train.loop import Data, build_classifier, evaluate, load_data, lr_at, train
+from train.loop import PER_LANGUAGE, Data, build_classifier, evaluate, load_data, lr_at, train
 from train.main import main
 from train.progress import MetricsLog, plot
 
@@ -284,9 +284,9 @@ def test_a_joint_model_is_validated_per_task_as_each_task_alone(tmp_path):
                      joint.pad_id, set())
         want, want_probs = evaluate(model, alone, cfg, ONE)
         assert all(metrics[f"{task}_{k}"] == pytest.approx(v, abs=1e-6) for k, v in want.items()
-                   if not k.startswith("f1_") and k != "loss")
+                   if not k.startswith(PER_LANGUAGE) and k != "loss")
         assert all(probs[i] == pytest.approx(p, abs=1e-6) for i, p in want_probs.items())
-    assert metrics["f1_avg"] == pytest.approx((metrics["QC_f1"] + metrics["QI_f1"]) / 2)
+    assert metrics["task_mean_f1"] == pytest.approx((metrics["QC_f1"] + metrics["QI_f1"]) / 2)
     plain = joint_config(tmp_path, "plain")
     plain.data.template = "plain"
     with pytest.raises(ConfigError, match="joint stage needs data.template: question"):

@@ -130,7 +130,8 @@ def summary(cfg: RunConfig, results: dict) -> str:
         languages = sorted({k[3:] for _, r in rows for k in r if k.startswith("f1_")})
         columns = [("F1", "f1"), ("P", "precision"), ("R", "recall"), ("AUC", "auc"), ("all-pos F1", "all_positive_f1")]
         optional = [("QC F1", "QC_f1"), ("QC AUC", "QC_auc"), ("QI F1", "QI_f1"), ("QI AUC", "QI_auc"),
-                    ("F1_avg", "f1_avg"), ("F1@0", "step0_f1"), ("AUC@0", "step0_auc"), ("unseen F1", "unseen_f1"),
+                    ("F1_avg", "task_mean_f1"), ("F1@0", "step0_f1"), ("AUC@0", "step0_auc"),
+                    ("unseen F1", "unseen_f1"),
                     ("unseen AUC", "unseen_auc"), ("unseen a-p", "unseen_all_positive_f1"), ("seen F1", "seen_f1"),
                     ("seen AUC", "seen_auc")]
         columns += [(head, key) for head, key in optional if any(key in r for _, r in rows)]
