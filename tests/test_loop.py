@@ -19,8 +19,9 @@ from model.adapters import load_adapters
 from train.checkpoint import latest_checkpoint
 from train.config import ConfigError, TrainSection, save_config
 from train.distributed import Dist
-from train.loop import PER_LANGUAGE, Data, build_classifier, evaluate, load_data, lr_at, train
+from train.loop import Data, build_classifier, evaluate, load_data, lr_at, train
 from train.main import main
+from train.metrics import PER_LANGUAGE
 from train.progress import MetricsLog, plot
 
 from train_fixtures import make_qi_records, tiny_config

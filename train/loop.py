@@ -33,7 +33,7 @@ from train.distributed import (
     shutdown,
     use_bf16,
 )
-from train.metrics import best_threshold, classification_metrics
+from train.metrics import PER_LANGUAGE, best_threshold, classification_metrics
 from train.progress import MetricsLog, Progress, plot
 from train.rundir import check_resume, lock_run_dir
 
@@ -93,9 +93,12 @@ def load_data(cfg: RunConfig, model_type: str) -> Data:
     """Validation is data.valid, a fold of data.train, or empty. Queries carry their English translation when the
     records have one (data.translations or a column)."""
     d = cfg.data
-    records, held_out = read_data_files(cfg, "train"), set()
     if d.translations and not Path(d.translations).is_file():
         raise FileNotFoundError(f"data.translations: file not found: {d.translations}")
+    records, held_out = read_data_files(cfg, "train"), set()
+    if len({r.task for r in records}) > 1 and d.template != "question":
+        raise ConfigError("data.train holds QC and QI rows: a joint stage needs data.template: question, whose "
+                          "question names each row's task")
     if d.valid:
         train_records, valid_records = records, read_data_files(cfg, "valid")
     elif d.fold >= 0:  # fixed folds (data.split_seed): train.seed changes the run, not the split
@@ -106,9 +109,6 @@ def load_data(cfg: RunConfig, model_type: str) -> Data:
         held_out = set(groups[d.fold]) if groups else set()
     else:
         train_records, valid_records = records, []
-    if len({r.task for r in records}) > 1 and d.template != "question":  # checked before any training
-        raise ConfigError("data.train holds QC and QI rows: a joint stage needs data.template: question, whose "
-                          "question names each row's task")
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
     question = d.template == "question"
@@ -132,9 +132,6 @@ def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
         raise ConfigError(f"data.held_out_languages: fold {d.fold} holds out {groups[d.fold]}, which "
                           f"{d.train} has no rows of")
     return groups
-
-
-PER_LANGUAGE = ("f1_", "auc_", "all_positive_f1_")  # metrics keys of one language: f1_ja, auc_ja, ...
 
 
 def log_precision(bf16: bool, device: torch.device) -> None:
@@ -223,9 +220,10 @@ def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
     tasks = sorted({data.tasks[i] for i in ids})
     if len(tasks) > 1:
         for task in tasks:
-            rows = [j for j, i in enumerate(ids) if data.tasks[i] == task]
-            part = scores([probs[j] for j in rows], [labels[j] for j in rows], [data.languages[ids[j]] for j in rows],
-                          [data.languages[ids[j]] not in data.held_out for j in rows])
+            picked = [j for j, i in enumerate(ids) if data.tasks[i] == task]
+            part = scores([probs[j] for j in picked], [labels[j] for j in picked],
+                          [data.languages[ids[j]] for j in picked],
+                          [data.languages[ids[j]] not in data.held_out for j in picked])
             metrics.update({f"{task}_{k}": v for k, v in part.items() if not k.startswith(PER_LANGUAGE)})
         metrics["task_mean_f1"] = sum(metrics[f"{task}_f1"] for task in tasks) / len(tasks)
     return metrics, dict(zip(ids, probs))

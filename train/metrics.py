@@ -4,6 +4,8 @@ import math
 import numpy as np
 from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
 
+PER_LANGUAGE = ("f1_", "auc_", "all_positive_f1_")  # prefixes of one language's metrics: f1_ja, auc_ja, ...
+
 
 def classification_metrics(probs, labels, languages, threshold: float = 0.5) -> dict:
     """Metrics of P(relevant) `probs` against 0/1 `labels`; AUC is NaN when only one class is present."""

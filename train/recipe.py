@@ -250,6 +250,8 @@ def _predict_main(argv) -> int:
     if len(argv) < 2 or argv[0] != "predict":
         sys.exit(__doc__.strip())
     cfg = load_config(argv[1], argv[2:])
+    if not cfg.run_dir:
+        raise ConfigError("run_dir is required: it holds the trained folds to predict with")
     lock = RunLock(cfg.run_dir)
     try:
         print(f"submission: {predict(cfg)}")
