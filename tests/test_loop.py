@@ -22,7 +22,7 @@ from train.distributed import Dist
 from train.loop import Data, build_classifier, evaluate, load_data, lr_at, train
 from train.main import main
 from train.metrics import PER_LANGUAGE
-from train.progress import MetricsLog, plot
+from train.progress import MetricsLog, plot, text_curve
 
 from train_fixtures import make_qi_records, tiny_config
 
@@ -235,19 +235,32 @@ def test_cli_names_bad_keys_and_missing_files(reference, tmp_path, capsys):
     assert "data.train: file not found: nowhere.jsonl" in capsys.readouterr().err
 
 
-def test_rerunning_a_finished_run_does_no_work_and_says_how_to_get_the_plot(reference, capsys):
+def test_rerunning_a_finished_run_does_no_work_and_rewrites_the_same_curves(reference, capsys):
     tmp, cfg, result = reference
+    curves = (Path(cfg.run_dir) / "metrics.txt").read_text()
     assert train(cfg) == result
-    err = capsys.readouterr().err
-    assert "step 1/" not in err
-    assert "matplotlib" in err or (Path(cfg.run_dir) / "metrics.png").is_file()
+    assert "step 1/" not in capsys.readouterr().err
+    assert (Path(cfg.run_dir) / "metrics.txt").read_text() == curves
+
+
+def test_the_text_curve_has_a_line_per_evaluation_with_its_values(reference):
+    _, cfg, _ = reference
+    rows = MetricsLog(Path(cfg.run_dir) / "metrics.jsonl").read()
+    valid = [r for r in rows if r["split"] == "valid"]
+    lines = (Path(cfg.run_dir) / "metrics.txt").read_text().splitlines()
+    assert lines[0].split()[:5] == ["step", "loss", "f1", "auc", "all_positive_f1"] and len(lines) == 1 + len(valid)
+    for line, r in zip(lines[1:], valid):
+        fields = line.split()
+        assert int(fields[0]) == r["step"] and float(fields[3]) == pytest.approx(r["auc"], abs=1e-4)
+        assert fields[-1].count("#") == round(min(max(r["auc"] - 0.5, 0), 0.5) * 80)
+    assert text_curve(rows[:1] + [dict(valid[0], auc=1.0)]).splitlines()[1].endswith("|" + "#" * 40)
 
 
 def test_plot_is_a_png_of_the_logged_curves(reference, tmp_path):
     pytest.importorskip("matplotlib")
     _, cfg, _ = reference
-    assert "written" in plot(MetricsLog(Path(cfg.run_dir) / "metrics.jsonl"), tmp_path / "curves.png")
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "metrics.png" in plot(MetricsLog(Path(cfg.run_dir) / "metrics.jsonl"), tmp_path)
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_head_from_the_lms_answer_rows_is_evaluated_before_the_first_update(tmp_path):

@@ -3,7 +3,8 @@
 The model is a randomly initialised Qwen3-shaped decoder (2 layers, hidden 64) with a byte-level BPE tokenizer
 trained on the demo files, written as a Hugging Face checkpoint by the project's own export. Then the recipe in
 configs/demo.yaml runs: stage 1 on the other task's full data, stage 2 on the target task fold by fold, for both
-tasks, then the fold-ensembled predictions and submit.zip.
+tasks, then the fold-ensembled predictions and submit.zip. It ends with the validation curves of each final
+stage's first fold (its metrics.txt), so the learning is visible without matplotlib.
 
     python -m train.demo [key.sub=value ...]     # overrides of configs/demo.yaml, e.g. train.max_steps=5
     python -m train.demo configs/demo-joint.yaml [key.sub=value ...]   # another demo config
@@ -20,13 +21,15 @@ from data.inputs import TEMPLATES
 from data.records import read_rows
 from model import Decoder, ModelConfig
 from model.export import export_merged
+from train.config import load_config
 from train.main import main as train_main
+from train.recipe import final_stages, fold_names
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 DEMO_DATA = ROOT / "configs" / "demo"
-MODEL = dict(model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True,
+MODEL = dict(model_type="qwen3", hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True,
              max_position_embeddings=512, initializer_range=0.02)
 
 
@@ -71,7 +74,15 @@ def main(argv=None) -> int:
     model_dir = ROOT / "runs" / "demo" / "model"
     if not (model_dir / "tokenizer.json").is_file():
         build_model(model_dir)
-    return train_main([str(config), f"model.path={model_dir}", *overrides])
+    args = [str(config), f"model.path={model_dir}", *overrides]
+    status = train_main(args)
+    if status == 0:
+        cfg = load_config(args[0], args[1:])
+        for stage in {s.name: s for s in final_stages(cfg).values()}.values():
+            curves = Path(cfg.run_dir) / stage.name / fold_names(stage)[0] / "metrics.txt"
+            print(f"\n{stage.name}, {fold_names(stage)[0]}: validation during training ({curves})")
+            print(curves.read_text(), end="")
+    return status
 
 
 if __name__ == "__main__":

@@ -13,31 +13,18 @@ import sys
 from pathlib import Path
 
 LANGUAGES = ("en", "es", "fr", "ja", "ko", "pt", "de")
-# product: (category paths, words in LANGUAGES order). Every product sits in two category groups, so holding
-# out one group for validation still leaves relevant pairs of that product in training.
+# product: (department, words in LANGUAGES order). A category path is department,shelf,product with a shelf drawn
+# independently of everything else, so a held-out category group (department,shelf) still has its products in
+# training under other shelves, and only the product word tells a relevant path from an irrelevant one.
 PRODUCTS = {
-    "sneakers": (("shoes,men's shoes,sneakers", "sports,running,sneakers"),
-                 "sneakers zapatillas baskets スニーカー 운동화 tênis turnschuhe"),
-    "boots": (("shoes,women's shoes,boots", "outdoor,hiking,boots"), "boots botas bottes ブーツ 부츠 botas stiefel"),
-    "sandals": (("shoes,women's shoes,sandals", "outdoor,beach,sandals"),
-                "sandals sandalias sandales サンダル 샌들 sandálias sandalen"),
-    "smartphones": (("electronics,phones,smartphones", "gifts,gadgets,smartphones"),
-                    "smartphones teléfono téléphone スマホ 휴대폰 celular handy"),
-    "headphones": (("electronics,audio,headphones", "gifts,gadgets,headphones"),
-                   "headphones auriculares casque ヘッドホン 헤드폰 fones kopfhörer"),
-    "laptops": (("electronics,computers,laptops", "office,computers,laptops"),
-                "laptops portátil ordinateur ノートパソコン 노트북 notebook laptop"),
-    "dresses": (("clothing,women's clothing,dresses", "gifts,fashion,dresses"),
-                "dresses vestido robe ドレス 드레스 vestido kleid"),
-    "jackets": (("clothing,men's clothing,jackets", "outdoor,hiking,jackets"),
-                "jackets chaqueta veste ジャケット 재킷 jaqueta jacke"),
-    "flour": (("food,grocery,flour, baking and cooking,flour", "baking,ingredients,flour"),
-              "flour harina farine 小麦粉 밀가루 farinha mehl"),
-    "coffee": (("food,grocery,coffee", "gifts,gourmet,coffee"), "coffee café café コーヒー 커피 café kaffee"),
-    "sofas": (("home,furniture,sofas", "furniture,living room,sofas"), "sofas sofá canapé ソファ 소파 sofá sofa"),
-    "lamps": (("home,lighting,lamps", "office,lighting,lamps"),
-              "lamps lámpara lampe ランプ 램프 luminária lampe"),
+    "sneakers": ("shoes", "sneakers zapatillas baskets スニーカー 운동화 tênis turnschuhe"),
+    "sandals": ("shoes", "sandals sandalias sandales サンダル 샌들 sandálias sandalen"),
+    "headphones": ("electronics", "headphones auriculares casque ヘッドホン 헤드폰 fones kopfhörer"),
+    "dresses": ("clothing", "dresses vestido robe ドレス 드레스 vestido kleid"),
+    "flour": ("food", "flour harina farine 小麦粉 밀가루 farinha mehl"),
+    "sofas": ("home", "sofas sofá canapé ソファ 소파 sofá sofa"),
 }
+SHELVES = ("deals", "new arrivals", "bestsellers", "gifts", "seasonal", "clearance")
 COLOURS = {
     "red": "red rojo rouge 赤 빨간 vermelho rot",
     "black": "black negro noir 黒 검은 preto schwarz",
@@ -50,9 +37,8 @@ def word(words: str, language: str) -> str:
     return words.split()[LANGUAGES.index(language)]
 
 
-def query(rng: random.Random, product: str, language: str) -> tuple[str, str]:
-    """(query, English translation) for a product, sometimes with a colour."""
-    colour = rng.choice([None, *COLOURS])
+def query(product: str, colour: str | None, language: str) -> tuple[str, str]:
+    """(query, English translation) for a product and an optional colour."""
     words = PRODUCTS[product][1], *([COLOURS[colour]] if colour else [])
     return (" ".join(word(w, language) for w in reversed(words)),
             " ".join(word(w, "en") for w in reversed(words)))
@@ -61,22 +47,23 @@ def query(rng: random.Random, product: str, language: str) -> tuple[str, str]:
 def rows(rng: random.Random, task: str, n: int, languages, first_id: int, labelled: bool) -> list[dict]:
     out = []
     for i in range(first_id, first_id + n):
-        product, language = rng.choice(list(PRODUCTS)), rng.choice(languages)
-        text, english = query(rng, product, language)
+        product, colour, language = rng.choice(list(PRODUCTS)), rng.choice([None, *COLOURS]), rng.choice(languages)
+        text, english = query(product, colour, language)
         relevant = rng.random() < 0.65
         other = product if relevant else rng.choice([p for p in PRODUCTS if p != product])
         row = {"id": str(i), "task": task, "language": language, "origin_query": text}
         if task == "QC":
-            row["category_path"] = rng.choice(PRODUCTS[other][0])
+            row["category_path"] = f"{PRODUCTS[other][0]},{rng.choice(SHELVES)},{other}"
         else:
-            row["item_title"] = f"{rng.choice(BRANDS)} {word(PRODUCTS[other][1], 'en')} {rng.choice(list(COLOURS))}"
+            # the search engine matched the query's colour, if any: only the product tells relevance
+            row["item_title"] = f"{rng.choice(BRANDS)} {colour or rng.choice(list(COLOURS))} {other}"
         if labelled:
             row["label"] = int(relevant) if rng.random() > 0.05 else int(not relevant)
         out.append((row, english))
     return out
 
 
-def write(out_dir, seed: int = 0, n_train: int = 400, n_test: int = 120) -> None:
+def write(out_dir, seed: int = 0, n_train: int = 1000, n_test: int = 120) -> None:
     """train_QC.txt, train_QI.txt, test_QC.txt, test_QI.txt and translations.jsonl under out_dir."""
     rng, out_dir = random.Random(seed), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

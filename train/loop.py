@@ -377,7 +377,7 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
     if not valid_set:
         save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}, state))
     if d.main:
-        say(plot(log, run_dir / "metrics.png"))
+        say(plot(log, run_dir))
     audit = {k: state[k] for k in ("init", "step0") if k in state}
     held = {"held_out": sorted(held_out)} if held_out else {}
     return {"step": state["best_step"] if "best" in state else step, **state.get("best", {}), **audit, **held}

@@ -1,4 +1,4 @@
-"""What the user sees on rank 0: a progress line, a metrics JSON-lines file, and a PNG of the curves."""
+"""What the user sees on rank 0: a progress line, a metrics JSON-lines file, and the curves (text and PNG)."""
 import json
 import sys
 import time
@@ -51,16 +51,34 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
 
 
-def plot(log: MetricsLog, path) -> str:
-    """Write the training loss and validation loss / F1 / AUC curves to `path`; returns what was done."""
+CURVE_KEYS = ("loss", "f1", "auc", "all_positive_f1", "QC_f1", "QC_auc", "QI_f1", "QI_auc")
+
+
+def text_curve(rows: list[dict]) -> str:
+    """The validation curves as a table, one line per evaluation, with a bar for ROC-AUC from 0.5 to 1."""
+    valid = [r for r in rows if r["split"] == "valid"]
+    keys = [k for k in CURVE_KEYS if valid and k in valid[0]]
+    auc = next((k for k in keys if k.endswith("auc")), None)
+    scale = f"  {auc} 0.5 " if auc else ""
+    lines = [" ".join(f"{k:>15}" for k in ["step", *keys]) + (f"{scale}|{' ' * 40}| 1.0" if auc else "")]
+    for r in valid:
+        bar = f"{' ' * len(scale)}|{'#' * round(min(max(r[auc] - 0.5, 0.0), 0.5) * 80)}" if auc else ""
+        lines.append(" ".join([f"{r['step']:>15}", *(f"{r[k]:>15.4f}" for k in keys)]) + bar)
+    return "\n".join(lines) + "\n"
+
+
+def plot(log: MetricsLog, run_dir) -> str:
+    """metrics.txt (text_curve) and, with matplotlib, metrics.png of the training loss and validation loss / F1 /
+    AUC in `run_dir`; returns what was written."""
+    rows, run_dir = log.read(), Path(run_dir)
+    (run_dir / "metrics.txt").write_text(text_curve(rows))
     try:
         import matplotlib
     except ImportError:
-        return f"no plot: matplotlib is not installed (pip install -e '.[plot]'), the curves are in {log.path}"
+        return f"curves written to {run_dir / 'metrics.txt'} (metrics.png needs matplotlib: pip install -e '.[plot]')"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = log.read()
     train = [r for r in rows if r["split"] == "train"]
     valid = [r for r in rows if r["split"] == "valid"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -68,13 +86,14 @@ def plot(log: MetricsLog, path) -> str:
     left.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="valid")
     left.set(xlabel="step", ylabel="loss", title="loss")
     for key in ("f1", "auc", "all_positive_f1"):
-        right.plot([r["step"] for r in valid], [r[key] for r in valid], "o-" if key != "all_positive_f1" else "--",
-                   label=key)
+        if valid and key in valid[0]:
+            right.plot([r["step"] for r in valid], [r[key] for r in valid],
+                       "o-" if key != "all_positive_f1" else "--", label=key)
     right.set(xlabel="step", title="validation")
     for ax in (left, right):
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(run_dir / "metrics.png", dpi=100)
     plt.close(fig)
-    return f"curves written to {path}"
+    return f"curves written to {run_dir / 'metrics.txt'} and {run_dir / 'metrics.png'}"
