@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one entry point: ./run.sh test | ./run.sh demo
+# The shell entry point: ./run.sh test [pytest args] | ./run.sh demo [CONFIG.yaml] [key.sub=value ...] |
+# ./run.sh gpu [SHARED_DIR [SHAPE...]]. Training itself is train/main.py; the other commands are train/commands/.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,6 +21,30 @@ setup_env() {
     fi
 }
 
+# CUDA checks for one H100/H200, meant to take under 8 minutes: the attention paths (compiled FlexAttention
+# forward and backward against the eager reference, packed against padded logits, float32 and bf16, every
+# family), the Triton kernels and the decoders' bf16 logits against transformers' on the GPU; then the benchmark
+# on random-weight Qwen3-0.6B and gemma-3-1b shapes (bf16 autocast: tokens/s, MFU and peak GPU memory of this
+# project, padded and packed, next to transformers + PEFT). Each step is stopped after 3 minutes; every step runs
+# even if one before it failed, and the exit status says whether all passed. SHARED_DIR holds
+# data/qc_sample.jsonl and tokenizers/{qwen3,gemma3} (default ../shared).
+gpu_checks() {
+    local shared=${1:-../shared} failed=0 python=${PYTHON:-python3}
+    local shapes=("${@:2}")
+    [ ${#shapes[@]} -gt 0 ] || shapes=(qwen3-0.6b gemma3-1b)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    $python -c "import torch, triton, transformers, peft
+print(f'torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
+    date -u +"%Y-%m-%d %H:%M UTC"
+    timeout 180 $python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_kernels.py \
+        tests/test_decoder.py::test_bfloat16_error_no_larger_than_transformers || failed=1
+    for shape in "${shapes[@]}"; do
+        timeout 180 $python -m train.commands.benchmark --model-shape "$shape" --device cuda --batch-size 128 \
+            --warmup 10 --steps 20 --repeats 1 --shared "$shared" || failed=1
+    done
+    return $failed
+}
+
 case "${1:-}" in
     test)
         shift
@@ -30,14 +55,14 @@ case "${1:-}" in
     demo)
         shift
         setup_env
-        exec "$PY" -m train.demo "$@"
+        exec "$PY" -m train.commands.demo "$@"
         ;;
     gpu)
         shift
-        exec bash kernels/gpu_checks.sh "$@"
+        gpu_checks "$@"
         ;;
     *)
-        echo "usage: ./run.sh test [pytest args] | ./run.sh demo [key.sub=value ...] | ./run.sh gpu [SHARED_DIR]" >&2
+        echo "usage: ./run.sh test [pytest args] | ./run.sh demo [CONFIG.yaml] [key.sub=value ...] | ./run.sh gpu [SHARED_DIR [SHAPE...]]" >&2
         exit 2
         ;;
 esac

@@ -15,7 +15,7 @@ setup(
         "numpy",
         "scikit-learn",
         "pyyaml",
-        "jinja2",  # chat templates for train.translate (torch depends on it already)
+        "jinja2",  # chat templates for train.commands.translate (torch depends on it already)
     ],
     extras_require={
         # triton: the version torch 2.13 pins; its interpreter runs the kernel tests on CPU.

@@ -8,22 +8,12 @@ A batch is a dict:
     ids             N record ids, in the order of labels
 A padded batch has one example per row; a packed batch concatenates examples into rows of at most
 `row_tokens` tokens. The model must let a token attend only within its own segment and pool the last
-token of each segment.
-
-    python -m data padding FILE TOKENIZER_DIR FAMILY [--batch-size B --max-length L --row-tokens R]
-
-prints the padding waste of padded and packed batches of FILE.
+token of each segment. `python -m train.commands.padding` prints the padding waste of each layout for a file.
 """
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
-
-from data.inputs import encode, pad_token_id
-from data.records import read_records
 
 
 @dataclass(frozen=True)
@@ -143,31 +133,3 @@ class BatchSampler:
 
     def __len__(self):
         return len(self.epoch_steps) - self.start_step
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data padding", description="Padding waste of batch layouts.")
-    parser.add_argument("file", type=Path)
-    parser.add_argument("tokenizer", type=Path, help="folder with the model's tokenizer.json")
-    parser.add_argument("family", choices=["qwen", "gemma"])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--row-tokens", type=int, default=128, help="token budget of a packed row")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    records = read_records(args.file, training=False)
-    if not (args.tokenizer / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{args.tokenizer / 'tokenizer.json'}: not found")
-    tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
-    data = examples(records, encode(tokenizer, args.family, records, args.max_length, translate=False))
-    pad, lengths = pad_token_id(tokenizer, args.family), [len(e.input_ids) for e in data]
-    print(f"{len(data)} examples, {sum(lengths) / len(data):.1f} tokens on average, batches of {args.batch_size}")
-    for name, grouped, collate in [
-        ("padded, random order", False, lambda b: collate_padded(b, pad)),
-        ("padded, length-grouped", True, lambda b: collate_padded(b, pad)),
-        (f"packed, rows of <= {args.row_tokens} tokens", False, lambda b: collate_packed(b, pad, args.row_tokens)),
-    ]:
-        sampler = BatchSampler(lengths, args.batch_size, args.seed, group_by_length=grouped)
-        batches = [collate([data[i] for i in idx]) for idx in sampler]
-        slots = sum(b["input_ids"].numel() for b in batches)
-        print(f"{name:>40}: {100 * padding_waste(batches):5.1f}% padding, {slots} token slots")

@@ -9,21 +9,15 @@ Language-held-out fold k (`split_rows(..., language_groups=...)`) validates on g
 on the other grouped folds minus every row of language group k: its held-out languages are never seen in
 training, no category group (or query) crosses the split, and the seen languages' rows of the same validation
 fold give the seen-language figure of the same model.
-
-    python -m data folds FILE [--folds K] [--levels N] [--seed S] [--top-level] [--out PATH]
-
-prints per-fold statistics and writes {"id": fold} (with the parameters) to FILE.folds.json.
+`python -m train.commands.folds` prints a file's per-fold statistics and writes its assignment.
 """
-import argparse
-import json
 import logging
 import unicodedata
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-from data.records import category_levels, read_records
+from data.records import category_levels
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +109,3 @@ def fold_stats(records, folds, levels=2) -> tuple[str, dict]:
     lines += ["".join(f"{v:>10.1f}" if isinstance(v, float) else f"{v:>10}" for v in row) for row in table]
     lines.append("worst deviation from global: " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items()))
     return "\n".join(lines), worst
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data folds", description=__doc__.split("\n\n")[0])
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--levels", type=int, default=2, help="category levels that define a QC group")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--top-level", action="store_true", help="also stratify by top-level category")
-    parser.add_argument("--out", type=Path, help="where to write the assignment (default FILE.folds.json)")
-    args = parser.parse_args(argv)
-    records = read_records(args.file)  # read as training reads it, so the assignment is the one training uses
-    folds = assign_folds(records, args.folds, args.levels, args.seed, args.top_level)
-    table, _ = fold_stats(records, folds, args.levels)
-    print(table)
-    out = args.out or args.file.with_name(args.file.name + ".folds.json")
-    params = {"folds": args.folds, "levels": args.levels, "seed": args.seed, "top_level": args.top_level}
-    out.write_text(json.dumps({**params, "assignment": {r.id: f for r, f in zip(records, folds)}}) + "\n")
-    print(f"wrote {out}")

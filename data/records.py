@@ -129,8 +129,8 @@ def _label(path, line, row, training):
 
 def read_translations(path) -> dict[str, str]:
     """query -> English translation, from a JSON-lines or CSV file with columns `origin_query, translated_query`
-    (what `train.translate` writes). Queries are matched with their whitespace collapsed, case kept; a query may
-    repeat, but only with the same translation.
+    (what `train.commands.translate` writes). Queries are matched with their whitespace collapsed, case kept; a
+    query may repeat, but only with the same translation.
     """
     translations, first_line = {}, {}
     for line, row in read_rows(path):

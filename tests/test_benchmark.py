@@ -1,7 +1,7 @@
-"""train.benchmark compares like with like: every configuration trains on the same examples, in its own batches."""
+"""The benchmark compares like with like: every configuration trains on the same examples, in its own batches."""
 import argparse
 
-from train.benchmark import CONFIGS, MEGABATCH, batches
+from train.commands.benchmark import CONFIGS, MEGABATCH, batches
 
 
 def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():

@@ -28,13 +28,16 @@ def test_bugs_keep_their_traceback():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command, expected", [
-    (["-m", "data", "folds", "nowhere.jsonl"], "error: nowhere.jsonl: file not found"),
-    (["-m", "data", "folds", "BAD"], "error: BAD, line 1: malformed JSON"),
-    (["-m", "data", "padding", "BAD", "nowhere", "qwen"], "error: BAD, line 1: malformed JSON"),
+    (["-m", "train.commands.folds", "nowhere.jsonl"], "error: nowhere.jsonl: file not found"),
+    (["-m", "train.commands.folds", "BAD"], "error: BAD, line 1: malformed JSON"),
+    (["-m", "train.commands.padding", "BAD", "nowhere", "qwen"], "error: BAD, line 1: malformed JSON"),
     (["train/main.py", "BAD_YAML"], "error: BAD_YAML, line 3: mapping values are not allowed here"),
-    (["-m", "train.recipe", "predict", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),
-    (["-m", "train.translate", "BAD", "--model", "x", "--output", "t.jsonl"], "error: BAD, line 1: malformed JSON"),
-    (["-m", "train.benchmark", "--shared", "nowhere"], "error: nowhere/data/qc_sample.jsonl: not found"),
+    (["-m", "train.commands.predict", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),
+    (["-m", "train.commands.translate", "BAD", "--model", "x", "--output", "t.jsonl"],
+     "error: BAD, line 1: malformed JSON"),
+    (["-m", "train.commands.submission", "check", "nowhere.zip", "BAD"], "error: nowhere.zip: file not found"),
+    (["-m", "train.commands.demo", "BAD_YAML"], "error: BAD_YAML, line 3: mapping values are not allowed here"),
+    (["-m", "train.commands.benchmark", "--shared", "nowhere"], "error: nowhere/data/qc_sample.jsonl: not found"),
 ])
 def test_each_command_prints_one_error_line(tmp_path, command, expected):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
@@ -46,3 +49,16 @@ def test_each_command_prints_one_error_line(tmp_path, command, expected):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected.replace("BAD_YAML", replace["BAD_YAML"]).replace(
         "BAD", replace["BAD"])), out.stderr
+
+
+COMMANDS = sorted(p.stem for p in (ROOT / "train" / "commands").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_naming_it_and_is_listed(name):
+    out = subprocess.run([sys.executable, "-m", f"train.commands.{name}", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith(f"usage: python -m train.commands.{name}"), out.stderr
+    listed = (ROOT / "train" / "commands" / "__init__.py").read_text()
+    assert f"\n    {name} " in listed

@@ -123,7 +123,7 @@ def test_command_writes_the_assignment_next_to_the_file(tmp_path):
     rows = [{"id": i, "task": "QI", "language": "en", "origin_query": f"q{i % 9}", "item_title": "t", "label": i % 2}
             for i in range(45)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = subprocess.run([sys.executable, "-m", "data", "folds", str(path), "--folds", "3", "--seed", "4"],
+    run = subprocess.run([sys.executable, "-m", "train.commands.folds", str(path), "--folds", "3", "--seed", "4"],
                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert run.returncode == 0 and "worst deviation from global" in run.stdout and not run.stderr
     saved = json.loads((tmp_path / "train_QI.txt.folds.json").read_text())

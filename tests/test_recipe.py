@@ -10,11 +10,11 @@ import yaml
 
 from data.records import DataError, read_records
 from model.loading import CheckpointError, file_hash
+from train.commands.demo import DEMO_DATA, build_model
+from train.commands.predict import main as predict_main
 from train.config import ConfigError, load_config
-from train.demo import DEMO_DATA, build_model
 from train.main import main
 from train.recipe import check_stages, final_stages, out_of_fold, predict
-from train.recipe import main as recipe_main
 
 
 def recipe(tmp_path, model_dir, **overrides):
@@ -207,7 +207,7 @@ def test_nothing_is_written_for_an_empty_or_ambiguous_prediction(run, model_dir,
 
 
 def test_predict_command_prints_one_error_line(run, model_dir, capsys):
-    assert recipe_main(["predict", str(qc_recipe(run, model_dir)), "predict.files=[]"]) == 1
+    assert predict_main([str(qc_recipe(run, model_dir)), "predict.files=[]"]) == 1
     assert capsys.readouterr().err == "error: predict.files: empty, nothing to predict\n"
 
 

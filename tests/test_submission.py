@@ -4,8 +4,8 @@ import zipfile
 
 import pytest
 
+from train.commands.submission import check, compare, main
 from train.predict import submission_text, write_submission
-from train.submission import check, compare, main
 
 QC = [{"id": str(i), "task": "QC", "language": lang, "origin_query": f"q{i}", "category_path": "a,b", "label": i % 2}
       for i, lang in enumerate(["en", "ja", "en", "ja"], 1)]

@@ -7,9 +7,9 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
-import train.translate
+import train.commands.translate
 from data import read_records
-from train.translate import main
+from train.commands.translate import main
 
 from hf_tiny import save_tiny
 
@@ -91,7 +91,7 @@ def test_empty_or_failed_translations_fall_back_to_the_query(checkpoint, competi
     def only_eos(decoder, ids, mask, max_new_tokens, eos, pad):
         return torch.full((len(ids), 2), min(eos))
 
-    monkeypatch.setattr(train.translate, "generate", only_eos)
+    monkeypatch.setattr(train.commands.translate, "generate", only_eos)
     output = tmp_path / "t.jsonl"
     main([str(competition_file), "--model", str(checkpoint), "--output", str(output)])
     assert translations(output) == {q: q for q in QUERIES}

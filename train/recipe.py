@@ -1,14 +1,12 @@
 """The whole method: stages x folds of training runs, a summary table, then fold-ensembled submission files.
 
-    python -m train.recipe predict CONFIG.yaml [key.sub=value ...]   # predictions only, from trained folds
-
 A stage trains one task, on all its data (`folds: full`) or fold by fold (`folds: [0, 1, 2, 3, 4]`), optionally
 starting from an earlier stage's adapters and head (`init_from`: fold k from fold k, or from that stage's full
 run). The method's recipe is two stages per target task: the other task's full data, then the target task's folds.
 Each run has its own directory, run_dir/<stage>/<fold k | full>; a run that finished is not redone.
+`predict(cfg)` alone (`python -m train.commands.predict`) predicts again from trained folds.
 """
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,8 +15,7 @@ import torch
 from data.records import TARGET_FIELD, DataError, read_records, read_rows
 from model.loading import read_json
 from train.checkpoint import VALIDATION
-from train.cli import run_command
-from train.config import ConfigError, RunConfig, StageSection, load_config, merge_section
+from train.config import ConfigError, RunConfig, StageSection, merge_section
 from train.loop import read_data_files, train
 from train.predict import ensemble, predict_fold, submission_text, write_submission
 from train.rundir import RunLock, write_atomic
@@ -239,26 +236,3 @@ def predict(cfg: RunConfig) -> Path:
                                vote=p.ensemble.endswith("vote"))
         texts[task] = submission_text(files, task, predictions)
     return write_submission(texts, p.out_dir or Path(cfg.run_dir) / "submission")
-
-
-def main(argv=None) -> int:
-    """`python -m train.recipe predict CONFIG.yaml [key.sub=value ...]`."""
-    return run_command(_predict_main, sys.argv[1:] if argv is None else argv)
-
-
-def _predict_main(argv) -> int:
-    if len(argv) < 2 or argv[0] != "predict":
-        sys.exit(__doc__.strip())
-    cfg = load_config(argv[1], argv[2:])
-    if not cfg.run_dir:
-        raise ConfigError("run_dir is required: it holds the trained folds to predict with")
-    lock = RunLock(cfg.run_dir)
-    try:
-        print(f"submission: {predict(cfg)}")
-    finally:
-        lock.release()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

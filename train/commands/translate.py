@@ -1,7 +1,7 @@
 """Translate the queries of competition files to English with an instruction-tuned decoder, cached and resumable.
 
-    python -m train.translate --model google/gemma-3-4b-it --output translations.jsonl train_QC.txt dev_QC.txt
-    torchrun --nproc_per_node=4 -m train.translate --model ... --output ... FILES   # queries split across ranks
+    python -m train.commands.translate --model google/gemma-3-4b-it --output translations.jsonl train_QC.txt dev_QC.txt
+    torchrun --nproc_per_node=4 -m train.commands.translate --model ... --output ... FILES  # queries across ranks
 
 Unique queries only, in length-sorted batches. Every finished batch is appended to OUTPUT.rank<R>.part, so an
 interrupted run resumes without redoing finished queries (with any number of ranks). At the end the
@@ -113,7 +113,8 @@ def translate(decoder, prompter: Prompter, queries: list[str], part: Path, batch
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m train.commands.translate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help="competition files (JSON lines or CSV)")
     parser.add_argument("--model", required=True, help="instruction-tuned checkpoint: local directory or hub id")
     parser.add_argument("--output", required=True, type=Path, help="the origin_query, translated_query JSON-lines file")

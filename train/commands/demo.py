@@ -6,9 +6,10 @@ configs/demo.yaml runs: stage 1 on the other task's full data, stage 2 on the ta
 tasks, then the fold-ensembled predictions and submit.zip. It ends with the validation curves of each final
 stage's first fold (its metrics.txt), so the learning is visible without matplotlib.
 
-    python -m train.demo [key.sub=value ...]     # overrides of configs/demo.yaml, e.g. train.max_steps=5
-    python -m train.demo configs/demo-joint.yaml [key.sub=value ...]   # another demo config
+    python -m train.commands.demo [key.sub=value ...]        # overrides of configs/demo.yaml, e.g. train.max_steps=5
+    python -m train.commands.demo configs/demo-joint.yaml    # another demo config
 """
+import argparse
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from data.inputs import TEMPLATES
 from data.records import read_rows
 from model import Decoder, ModelConfig
 from model.export import export_merged
+from train.cli import run_command
 from train.config import load_config
 from train.main import main as train_main
 from train.recipe import final_stages, fold_names
@@ -65,24 +67,31 @@ def build_model(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps({"pad_token": TEMPLATES["qwen"].pad}) + "\n")
 
 
-def main(argv=None) -> int:
-    overrides = sys.argv[1:] if argv is None else argv
+def _main(argv) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.commands.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key.sub=value",
+                        help=f"a demo config (default {CONFIG.relative_to(ROOT)}), then overrides of it")
+    args = parser.parse_args(argv).args
     config = CONFIG
-    if overrides and overrides[0].endswith(".yaml"):
-        config, overrides = (ROOT / overrides[0]).resolve(), overrides[1:]
+    if args and args[0].endswith(".yaml"):
+        config, args = (ROOT / args[0]).resolve(), args[1:]
     os.chdir(ROOT)  # the demo config's paths are relative to the repository
     model_dir = ROOT / "runs" / "demo" / "model"
+    args = [str(config), f"model.path={model_dir}", *args]
+    cfg = load_config(args[0], args[1:])
     if not (model_dir / "tokenizer.json").is_file():
         build_model(model_dir)
-    args = [str(config), f"model.path={model_dir}", *overrides]
     status = train_main(args)
     if status == 0:
-        cfg = load_config(args[0], args[1:])
         for stage in {s.name: s for s in final_stages(cfg).values()}.values():
             curves = Path(cfg.run_dir) / stage.name / fold_names(stage)[0] / "metrics.txt"
             print(f"\n{stage.name}, {fold_names(stage)[0]}: validation during training ({curves})")
             print(curves.read_text(), end="")
     return status
+
+
+def main(argv=None) -> int:
+    return run_command(_main, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training speed: this project (padded, packed) against transformers + PEFT, on the same model and examples.
 
-    python -m train.benchmark [--model-shape qwen3-tiny] [--steps 12] [--repeats 2] [--batch-size 16] [--device cpu]
+    python -m train.commands.benchmark [--model-shape qwen3-tiny] [--steps 12] [--repeats 2] [--batch-size 16]
+        [--device cpu]
 
 One random-weight checkpoint of the shape, saved once; 50 x batch-size random examples of the QC sample (one
 megabatch of data.BatchSampler), tokenized with the family's tokenizer (max_length 128). Every configuration
@@ -220,7 +221,7 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m train.benchmark", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m train.commands.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--model-shape", choices=list(SHAPES), default="qwen3-tiny")
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, round-robin; the "
@@ -246,7 +247,7 @@ def main(argv=None):
         params, non_embedding = prepare(args, Path(tmp))
         results = {}
         for name in [name for _ in range(args.repeats) for name in args.configs]:  # round-robin
-            command = [sys.executable, "-m", "train.benchmark", "--child", tmp, "--configs", name] + [
+            command = [sys.executable, "-m", "train.commands.benchmark", "--child", tmp, "--configs", name] + [
                 f"--{k.replace('_', '-')}={getattr(args, k)}"
                 for k in ("model_shape", "steps", "warmup", "batch_size", "max_length", "threads", "device")]
             out = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its stderr shows as it runs

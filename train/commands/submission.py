@@ -1,7 +1,7 @@
 """Submission tools: check a submission against its input files, compare two submissions.
 
-    python -m train.submission check SUBMISSION INPUT [INPUT ...]
-    python -m train.submission compare SUBMISSION_A SUBMISSION_B [--labels LABELLED_FILE ...]
+    python -m train.commands.submission check SUBMISSION INPUT [INPUT ...]
+    python -m train.commands.submission compare SUBMISSION_A SUBMISSION_B [--labels LABELLED_FILE ...]
 
 SUBMISSION is submit.zip or one submit_<task>.txt. `check` requires every input id exactly once, with the
 input's language and query, a 0/1 prediction, and a file for each task of the inputs. `compare` prints the share
@@ -106,7 +106,7 @@ def compare(a, b, labelled=()) -> str:
 
 
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.submission", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m train.commands.submission", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     checking = commands.add_parser("check", help="a submission against its input files")
     checking.add_argument("submission", type=Path)

@@ -1,0 +1,51 @@
+"""The padding waste of padded (random order, length-grouped) and packed batches of a file.
+
+    python -m train.commands.padding FILE TOKENIZER_DIR FAMILY [--batch-size B --max-length L --row-tokens R]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from data.batching import BatchSampler, collate_packed, collate_padded, examples, padding_waste
+from data.inputs import encode, pad_token_id
+from data.records import read_records
+from train.cli import run_command
+
+
+def _main(argv) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.commands.padding", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("tokenizer", type=Path, help="folder with the model's tokenizer.json")
+    parser.add_argument("family", choices=["qwen", "gemma"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--row-tokens", type=int, default=128, help="token budget of a packed row")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    records = read_records(args.file, training=False)
+    if not (args.tokenizer / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{args.tokenizer / 'tokenizer.json'}: not found")
+    tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
+    data = examples(records, encode(tokenizer, args.family, records, args.max_length, translate=False))
+    pad, lengths = pad_token_id(tokenizer, args.family), [len(e.input_ids) for e in data]
+    print(f"{len(data)} examples, {sum(lengths) / len(data):.1f} tokens on average, batches of {args.batch_size}")
+    for name, grouped, collate in [
+        ("padded, random order", False, lambda b: collate_padded(b, pad)),
+        ("padded, length-grouped", True, lambda b: collate_padded(b, pad)),
+        (f"packed, rows of <= {args.row_tokens} tokens", False, lambda b: collate_packed(b, pad, args.row_tokens)),
+    ]:
+        sampler = BatchSampler(lengths, args.batch_size, args.seed, group_by_length=grouped)
+        batches = [collate([data[i] for i in idx]) for idx in sampler]
+        slots = sum(b["input_ids"].numel() for b in batches)
+        print(f"{name:>40}: {100 * padding_waste(batches):5.1f}% padding, {slots} token slots")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
