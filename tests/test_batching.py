@@ -17,12 +17,12 @@ from data.batching import (
     collate_padded,
     collate_rows,
     examples,
-    main,
     pack,
     padding_waste,
 )
 from data.inputs import close_token_id, encode, pad_token_id
 from data.records import read_records
+from train.commands.padding import main
 
 PAD = 0
 
@@ -183,11 +183,12 @@ def test_cli_prints_the_waste_of_each_layout(shared, tmp_path, capsys):
     rows = [dict(row, id=i, item_title="shoe " * (i % 9)) for i in range(40)]
     path = tmp_path / "test_QI.txt"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    main([str(path), str(shared / "tokenizers" / "qwen3"), "qwen", "--batch-size", "8", "--row-tokens", "32"])
+    assert main([str(path), str(shared / "tokenizers" / "qwen3"), "qwen", "--batch-size", "40"]) == 0
     printed = capsys.readouterr().out
     tok = Tokenizer.from_file(str(shared / "tokenizers" / "qwen3" / "tokenizer.json"))
-    records = read_records(path, training=False)
-    data = examples(records, encode(tok, "qwen", records, 128, translate=False))
-    sampler = BatchSampler([len(e.input_ids) for e in data], 8, group_by_length=False)
-    batches = [collate_packed([data[i] for i in b], 0, 32) for b in sampler]
-    assert "40 examples" in printed and f"{100 * padding_waste(batches):5.1f}% padding" in printed
+    lengths = [len(ids) for ids in encode(tok, "qwen", read_records(path, training=False), 128, translate=False)]
+    # one batch of all 40 rows, padded to the longest, whatever the order: waste = 1 - real / slots
+    waste = 100 * (1 - sum(lengths) / (40 * max(lengths)))
+    assert "40 examples" in printed and printed.count(f"{waste:5.1f}% padding, {40 * max(lengths)} token slots") == 2
+    packed = next(line for line in printed.splitlines() if "packed" in line)
+    assert float(packed.split(":")[1].split("%")[0]) < waste

@@ -78,7 +78,8 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
     assert all(t.isfinite().all() for t in weights(mixed).values())
     evals = [json.loads(line) for line in (tmp_path / "ranks2_batch4" / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in evals if r["split"] == "valid"][-1]
-    assert valid["f1"] == pytest.approx(one["f1"]) and valid["auc"] == pytest.approx(one["auc"], abs=1e-6)
+    assert valid["f1"] == pytest.approx(one.metrics["f1"]) and valid["auc"] == pytest.approx(one.metrics["auc"],
+                                                                                          abs=1e-6)
 
 
 @pytest.mark.parametrize("capability, flags, expected", [

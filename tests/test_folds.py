@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.folds import assign_folds, default_language_groups, fold_stats, group_key, main, split_rows
+from data.folds import assign_folds, default_language_groups, fold_stats, group_key, split_rows
 from data.records import Record, read_records
+from train.commands.folds import main
 
 record = st.builds(
     lambda i, task, lang, label, q, path: Record(str(i), task, lang, q, path, label, None),
@@ -106,7 +107,7 @@ def test_group_larger_than_a_fold(caplog):
 
 def test_cli_on_real_sample(shared, tmp_path, capsys):
     out = tmp_path / "qc.folds.json"
-    main([str(shared / "data" / "qc_sample.jsonl"), "--out", str(out)])
+    assert main([str(shared / "data" / "qc_sample.jsonl"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     saved = json.loads(out.read_text())
     records = read_records(shared / "data" / "qc_sample.jsonl")

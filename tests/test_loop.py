@@ -82,7 +82,7 @@ def test_run_directory_holds_config_metrics_checkpoints_and_best(reference):
     for key in ("loss", "f1", "precision", "recall", "auc", "f1_en", "f1_fr", "tuned_threshold", "all_positive_f1"):
         assert key in valid_rows[0], key
     best = max(valid_rows, key=lambda r: r["f1"])
-    assert result["step"] == best["step"] and result["f1"] == best["f1"]
+    assert result.step == best["step"] and result.metrics["f1"] == best["f1"]
     meta = json.loads((run / "best" / "adapters.json").read_text())
     assert meta["step"] == best["step"] and meta["threshold"] == best["tuned_threshold"]
     assert meta["r"] == 4 and meta["base_model"] == cfg.model.path
@@ -163,7 +163,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
     monkeypatch.setattr("train.loop.classification_loss", poisoned)
     cfg = tiny_config(tmp_path, save_every=1)
-    with pytest.raises(FloatingPointError, match="loss is nan .* at step 3: stopping.*step-00000002"):
+    with pytest.raises(FloatingPointError, match="step 3: loss is nan .*: stopping without updating the weights; "
+                                             "the last good checkpoint is .*step-00000002"):
         train(cfg)
     ckpts = sorted(p.name for p in (Path(cfg.run_dir) / "checkpoints").iterdir())
     assert ckpts == ["step-00000001", "step-00000002"]
@@ -197,7 +198,7 @@ def test_resume_with_other_result_changing_settings_is_refused_naming_each(refer
         train(accumulated)
     bookkeeping = reference_config(tmp, str(copy))
     bookkeeping.train.eval_every, bookkeeping.train.keep_last, bookkeeping.train.save_every = 1, 3, 2
-    assert train(bookkeeping)["step"] > 0  # evaluation and checkpoint periods may change
+    assert train(bookkeeping).step > 0  # evaluation and checkpoint periods may change
 
 
 def test_a_second_run_into_a_busy_directory_fails_at_once_naming_the_holder(reference, tmp_path):
@@ -215,7 +216,7 @@ def test_a_second_run_into_a_busy_directory_fails_at_once_naming_the_holder(refe
     finally:
         holder.kill()  # SIGKILL: the OS drops the lock with the process
         holder.wait()
-    assert train(tiny_config(tmp, str(tmp_path / "busy"), max_steps=1))["step"] == 1
+    assert train(tiny_config(tmp, str(tmp_path / "busy"), max_steps=1)).step == 1
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(reference):
@@ -271,7 +272,7 @@ def test_a_head_from_the_lms_answer_rows_is_evaluated_before_the_first_update(tm
     vocab = json.loads((Path(cfg.model.path) / "tokenizer.json").read_text())["model"]["vocab"]
     assert torch.equal(start, embeddings[[vocab["no"], vocab["yes"]]])
     result = train(cfg)
-    assert 0 <= result["step0"]["auc"] <= 1
+    assert 0 <= result.step0["auc"] <= 1
     rows = [json.loads(line) for line in (Path(cfg.run_dir) / "metrics.jsonl").open()]
     assert [(r["step"], r["split"]) for r in rows][:2] == [(0, "valid"), (1, "train")]
     cfg.data.template = "plain"

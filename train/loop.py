@@ -8,7 +8,7 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +36,24 @@ from train.distributed import (
 from train.metrics import PER_LANGUAGE, best_threshold, classification_metrics
 from train.progress import MetricsLog, Progress, plot
 from train.rundir import check_resume, lock_run_dir
+
+
+@dataclass
+class RunResult:
+    """What `train` returns: the step of the best evaluation (the last step without validation) and its metrics;
+    or, when a SIGTERM stopped the run, `stopped` and the step it stopped after. `init` and `step0` audit an
+    init_from hand-off and the evaluation before the first update; `held_out` names held-out languages."""
+    step: int
+    metrics: dict
+    stopped: bool = False
+    init: dict | None = None
+    step0: dict | None = None
+    held_out: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """The run's result.json: step, the metrics, and the audit entries that apply."""
+        audit = {k: v for k, v in (("init", self.init), ("step0", self.step0), ("held_out", self.held_out)) if v}
+        return {"step": self.step, **self.metrics, **audit}
 
 
 def lr_at(step: int, total: int, cfg) -> float:
@@ -158,8 +176,9 @@ def to_device(batch: dict, device) -> dict:
 
 
 def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[float, float, int]:
-    """Forward/backward over this rank's micro-batches, then one optimizer step unless the loss or the gradient
-    is not finite. Returns the step's mean loss, gradient norm and real tokens, over all ranks."""
+    """Forward/backward over this rank's micro-batches, then one optimizer step. Returns the step's mean loss,
+    gradient norm and real tokens, over all ranks; a loss or gradient that is not finite raises FloatingPointError
+    before the weights change."""
     t = cfg.train
     weights = torch.tensor(t.class_weights or [1.0, 1.0])
     weight = lambda labels: float(weights[labels].sum())  # noqa: E731  the denominator torch's mean uses
@@ -180,8 +199,9 @@ def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[floa
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip > 0 else math.inf)
     norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    if math.isfinite(loss) and math.isfinite(norm):
-        optimizer.step()
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise FloatingPointError(f"loss is {loss} (gradient norm {norm}): stopping without updating the weights")
+    optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, norm, int(tokens)
 
@@ -244,8 +264,8 @@ def scores(probs, labels, languages, seen) -> dict:
     return metrics
 
 
-def train(cfg: RunConfig) -> dict:
-    """Train one run directory (resuming from its newest checkpoint when asked); returns the best metrics."""
+def train(cfg: RunConfig) -> RunResult:
+    """Train one run directory (resuming from its newest checkpoint when asked)."""
     cfg.check()
     d = init_distributed()
     lock = None
@@ -258,7 +278,7 @@ def train(cfg: RunConfig) -> dict:
         shutdown(d)
 
 
-def _train(cfg: RunConfig, d: Dist) -> dict:
+def _train(cfg: RunConfig, d: Dist) -> RunResult:
     t, run_dir = cfg.train, Path(cfg.run_dir)
     if not cfg.resume and latest_checkpoint(run_dir):
         raise ConfigError(f"run_dir {run_dir} has checkpoints: set resume=true to continue, or choose a new run_dir")
@@ -348,11 +368,11 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
                     group["lr"] = lr
                 micro = [collate([train_set[i] for i in indices[j:j + t.batch_size]])
                          for j in range(0, len(indices), t.batch_size)]
-                loss, norm, step_tokens = train_step(model, optimizer, micro, cfg, d)
-                if not (math.isfinite(loss) and math.isfinite(norm)):
+                try:
+                    loss, norm, step_tokens = train_step(model, optimizer, micro, cfg, d)
+                except FloatingPointError as e:
                     last = latest_checkpoint(run_dir) or "none (no checkpoint was written yet)"
-                    raise FloatingPointError(f"loss is {loss} (gradient norm {norm}) at step {step + 1}: stopping "
-                                             f"without updating the weights; the last good checkpoint is {last}")
+                    raise FloatingPointError(f"step {step + 1}: {e}; the last good checkpoint is {last}") from None
                 step, tokens = step + 1, tokens + step_tokens
                 state.update(step=step, epoch=step // steps_per_epoch, batch_in_epoch=step % steps_per_epoch)
                 if d.main:
@@ -368,7 +388,7 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
                     save(step)
                 if stopping:
                     say(f"SIGTERM: stopped after step {step}; run again with resume=true to continue")
-                    return {"stopped_at": step, **state.get("best", {})}
+                    return RunResult(step, state.get("best", {}), stopped=True)
                 if last_step:
                     break
             epoch, position = epoch + 1, 0
@@ -378,9 +398,8 @@ def _train(cfg: RunConfig, d: Dist) -> dict:
         save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}, state))
     if d.main:
         say(plot(log, run_dir))
-    audit = {k: state[k] for k in ("init", "step0") if k in state}
-    held = {"held_out": sorted(held_out)} if held_out else {}
-    return {"step": state["best_step"] if "best" in state else step, **state.get("best", {}), **audit, **held}
+    return RunResult(state["best_step"] if "best" in state else step, state.get("best", {}), init=state.get("init"),
+                     step0=state.get("step0"), held_out=sorted(held_out))
 
 
 def audit_init(model, init_from) -> dict:

@@ -32,7 +32,7 @@ def _main(argv) -> int:
     if cfg.stages:
         run_recipe(cfg, rank)
         return 0
-    result = train(cfg)
+    result = train(cfg).summary()
     if rank == 0:
         print("best:", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
     return 0

@@ -83,10 +83,10 @@ def _run_recipe(cfg: RunConfig, rank: int) -> dict:
             done = Path(run.run_dir) / RESULT
             if not done.is_file():
                 result = train(run)
-                if "stopped_at" in result:  # pre-empted: the rest waits for the next launch
+                if result.stopped:  # pre-empted: the rest waits for the next launch
                     return {}
                 if rank == 0:  # written whole or not at all: a half "done" marker would skip the run
-                    write_atomic(done, json.dumps(result, indent=2) + "\n")
+                    write_atomic(done, json.dumps(result.summary(), indent=2) + "\n")
             results[stage.name, fold] = json.loads(done.read_text()) if rank == 0 else {}
     if rank != 0:
         return results

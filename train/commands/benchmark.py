@@ -231,7 +231,7 @@ def main(argv=None):
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example, and per packed row")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared",
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[3] / "shared",
                         help="folder with data/qc_sample.jsonl and tokenizers/")
     parser.add_argument("--compile", action="store_true", help="also time 'ours, packed' with compiled blocks")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, help=argparse.SUPPRESS)

@@ -27,7 +27,7 @@ from train.config import load_config
 from train.main import main as train_main
 from train.recipe import final_stages, fold_names
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "demo.yaml"
 DEMO_DATA = ROOT / "configs" / "demo"
 MODEL = dict(model_type="qwen3", hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
