@@ -5,10 +5,10 @@ from model.loading import load_pretrained
 
 __all__ = ["ModelConfig", "Decoder", "load_pretrained"]
 
-from model.adapters import export_peft, load_adapters, save_adapters
+from model.adapters import build_classifier, load_adapters, save_adapters
 from model.classifier import SequenceClassifier, classification_loss, load_classifier
-from model.export import export_merged
+from model.export import export_merged, export_peft
 from model.lora import DEFAULT_TARGETS, LoRALinear, add_lora
 
 __all__ += ["DEFAULT_TARGETS", "LoRALinear", "add_lora", "SequenceClassifier", "classification_loss",
-            "load_classifier", "save_adapters", "load_adapters", "export_peft", "export_merged"]
+            "load_classifier", "build_classifier", "save_adapters", "load_adapters", "export_peft", "export_merged"]

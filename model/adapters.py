@@ -1,5 +1,5 @@
-"""Adapter checkpoints: the trainable tensors (LoRA A/B and the head) as safetensors plus a JSON description,
-and the same tensors exported in PEFT's format (adapter_model.safetensors + adapter_config.json)."""
+"""Adapter checkpoints: the trainable tensors (LoRA A/B and the head) as safetensors plus a JSON description, and
+the one builder of a classifier (base + LoRA + head) that training and prediction share."""
 import json
 from pathlib import Path
 
@@ -7,8 +7,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from model.classifier import SequenceClassifier, load_classifier
 from model.loading import CheckpointError, mapped_tensors, read_json, save_tensors
-from model.lora import lora_layers
+from model.lora import add_lora, lora_layers
 
 WEIGHTS, META = "adapters.safetensors", "adapters.json"
 
@@ -83,22 +84,13 @@ def load_adapters(classifier, directory) -> dict:
     return info
 
 
-def peft_name(name: str) -> str:
-    """Our parameter name as PEFT saves it: `x.lora_A` -> `base_model.model.x.lora_A.weight`."""
-    suffix = ".weight" if name.endswith((".lora_A", ".lora_B")) else ""
-    return f"base_model.model.{name}{suffix}"
 
-
-def export_peft(classifier, directory, base_model_name_or_path: str) -> None:
-    """Write a PEFT LoRA adapter (task SEQ_CLS, `score` in modules_to_save) loadable with
-    PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=...), directory)."""
-    lora = lora_settings(classifier)
-    config = dict(peft_type="LORA", task_type="SEQ_CLS", base_model_name_or_path=str(base_model_name_or_path),
-                  r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["targets"],
-                  modules_to_save=["score"], bias="none", fan_in_fan_out=False, use_rslora=False, use_dora=False,
-                  init_lora_weights=True, inference_mode=True)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {peft_name(name): t for name, t in trainable_state(classifier).items()}
-    save_tensors(state, directory / "adapter_model.safetensors")
-    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+def build_classifier(base, r: int, alpha: float, dropout: float, targets, dtype=torch.float32, device="cpu",
+                     num_labels: int = 2, adapters=None) -> SequenceClassifier:
+    """The pretrained decoder of `base` (frozen, in `dtype`) + LoRA on `targets` + a head (float32, trainable);
+    with `adapters` (a save_adapters directory), their LoRA and head weights."""
+    classifier = load_classifier(base, num_labels=num_labels, dtype=dtype, device=device)
+    add_lora(classifier, r, alpha, dropout, tuple(targets))
+    if adapters:
+        load_adapters(classifier, adapters)
+    return classifier

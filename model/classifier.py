@@ -50,6 +50,14 @@ class SequenceClassifier(nn.Module):
         return self.score(hidden[rows, cols].to(self.score.weight.dtype))
 
 
+def batch_logits(model, batch: dict, device, bf16: bool) -> torch.Tensor:
+    """float32 logits of one batch (data.batching's dict: its input_ids, attention_mask and position_ids go to
+    `device`), under bf16 autocast when asked: the one forward of training, validation and prediction."""
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+        return model(**inputs).float()
+
+
 def lm_head_rows(path_or_id, token_ids: list[int]) -> torch.Tensor:
     """Rows `token_ids` of a checkpoint's LM head (its embeddings when tied), float32, read from the file."""
     directory = resolve(path_or_id)

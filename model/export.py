@@ -1,10 +1,12 @@
-"""Merged export: LoRA folded into the base weights, written as a Hugging Face checkpoint (config.json, safetensors
-shards, model.safetensors.index.json) that transformers, load_pretrained and load_classifier all read."""
+"""Exports. Merged: LoRA folded into the base weights, written as a Hugging Face checkpoint (config.json,
+safetensors shards, model.safetensors.index.json) that transformers, load_pretrained and load_classifier all read.
+PEFT: the trainable tensors in PEFT's format (adapter_model.safetensors + adapter_config.json)."""
 import json
 from pathlib import Path
 
 import torch
 
+from model.adapters import lora_settings, trainable_state
 from model.classifier import SequenceClassifier
 from model.loading import save_tensors
 from model.lora import merged_tensors
@@ -71,3 +73,24 @@ def export_merged(module, directory, max_shard_bytes: int = 5 * 10**9, pad_token
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def peft_name(name: str) -> str:
+    """Our parameter name as PEFT saves it: `x.lora_A` -> `base_model.model.x.lora_A.weight`."""
+    suffix = ".weight" if name.endswith((".lora_A", ".lora_B")) else ""
+    return f"base_model.model.{name}{suffix}"
+
+
+def export_peft(classifier, directory, base_model_name_or_path: str) -> None:
+    """Write a PEFT LoRA adapter (task SEQ_CLS, `score` in modules_to_save) loadable with
+    PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=...), directory)."""
+    lora = lora_settings(classifier)
+    config = dict(peft_type="LORA", task_type="SEQ_CLS", base_model_name_or_path=str(base_model_name_or_path),
+                  r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["targets"],
+                  modules_to_save=["score"], bias="none", fan_in_fan_out=False, use_rslora=False, use_dora=False,
+                  init_lora_weights=True, inference_mode=True)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {peft_name(name): t for name, t in trainable_state(classifier).items()}
+    save_tensors(state, directory / "adapter_model.safetensors")
+    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")

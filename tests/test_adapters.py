@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from model.adapters import export_peft, load_adapters, save_adapters
+from model.adapters import load_adapters, save_adapters
 from model.classifier import load_classifier
+from model.export import export_peft
 from model.loading import CheckpointError
 from model.lora import add_lora
 

@@ -19,7 +19,7 @@ from model.adapters import load_adapters
 from train.checkpoint import latest_checkpoint
 from train.config import ConfigError, TrainSection, save_config
 from train.distributed import Dist
-from train.loop import Data, build_classifier, evaluate, load_data, lr_at, train
+from train.loop import Data, evaluate, load_data, lr_at, run_classifier, train
 from train.main import main
 from train.metrics import PER_LANGUAGE
 from train.progress import MetricsLog, plot, text_curve
@@ -176,7 +176,7 @@ def test_init_from_starts_from_another_runs_adapters(reference, tmp_path):
     follow = tiny_config(tmp, str(tmp_path / "follow"))
     follow.init_from = str(Path(cfg.run_dir) / "best")
     want = load_file(Path(cfg.run_dir) / "best" / "adapters.safetensors")
-    got = {n: p for n, p in build_classifier(follow, torch.device("cpu")).named_parameters() if p.requires_grad}
+    got = {n: p for n, p in run_classifier(follow, torch.device("cpu")).named_parameters() if p.requires_grad}
     assert got.keys() == want.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
@@ -267,7 +267,7 @@ def test_plot_is_a_png_of_the_logged_curves(reference, tmp_path):
 def test_a_head_from_the_lms_answer_rows_is_evaluated_before_the_first_update(tmp_path):
     cfg = tiny_config(tmp_path, max_steps=1)
     cfg.data.template, cfg.model.head_init = "question", "lm_answer"
-    start = build_classifier(cfg, torch.device("cpu")).score.weight
+    start = run_classifier(cfg, torch.device("cpu")).score.weight
     embeddings = load_file(Path(cfg.model.path) / "model.safetensors")["model.embed_tokens.weight"]
     vocab = json.loads((Path(cfg.model.path) / "tokenizer.json").read_text())["model"]["vocab"]
     assert torch.equal(start, embeddings[[vocab["no"], vocab["yes"]]])
@@ -290,7 +290,7 @@ def joint_config(tmp, run_dir="joint", **train):
 
 def test_a_joint_model_is_validated_per_task_as_each_task_alone(tmp_path):
     cfg = joint_config(tmp_path)
-    model = build_classifier(cfg, torch.device("cpu"))
+    model = run_classifier(cfg, torch.device("cpu"))
     joint = load_data(cfg, "qwen3")
     assert {i.split(":")[0] for i in joint.tasks} == {"QC", "QI"} and set(joint.tasks.values()) == {"QC", "QI"}
     metrics, probs = evaluate(model, joint, cfg, ONE)
@@ -324,9 +324,9 @@ def test_a_batch_mixing_tasks_lowers_both_tasks_loss(tmp_path):
         return out
 
     torch.manual_seed(cfg.train.seed)
-    before = task_losses(build_classifier(cfg, torch.device("cpu")))
+    before = task_losses(run_classifier(cfg, torch.device("cpu")))
     train(cfg)
-    after_model = build_classifier(cfg, torch.device("cpu"))
+    after_model = run_classifier(cfg, torch.device("cpu"))
     load_adapters(after_model, Path(cfg.run_dir) / "checkpoints" / sorted(
         p.name for p in (Path(cfg.run_dir) / "checkpoints").iterdir())[-1])
     after = task_losses(after_model)

@@ -11,6 +11,8 @@ from typing import Literal
 import torch
 import yaml
 
+from model.lora import DEFAULT_TARGETS
+
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}  # model.dtype -> torch dtype
 
 
@@ -31,7 +33,7 @@ class LoraSection:
     alpha: float = 32
     dropout: float = 0.05
     targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        default_factory=lambda: list(DEFAULT_TARGETS))
 
 
 @dataclass

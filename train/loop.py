@@ -18,10 +18,9 @@ from data.batching import BatchSampler, collate_packed, collate_padded, examples
 from data.folds import default_language_groups, split_rows
 from data.inputs import answer_token_ids, encode, model_family, pad_token_id
 from data.records import Record, read_records
-from model.adapters import WEIGHTS, load_adapters, trainable_state
-from model.classifier import classification_loss, lm_head_rows, load_classifier
+from model.adapters import WEIGHTS, build_classifier, trainable_state
+from model.classifier import batch_logits, classification_loss, lm_head_rows
 from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors
-from model.lora import add_lora
 from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.config import DTYPES, ConfigError, RunConfig, save_config
 from train.distributed import (
@@ -66,13 +65,13 @@ def lr_at(step: int, total: int, cfg) -> float:
     return cfg.lr * decay[cfg.schedule]
 
 
-def build_classifier(cfg: RunConfig, device: torch.device):
-    """Pretrained decoder (frozen, in model.dtype) + LoRA + head (float32, trainable), optionally from init_from."""
-    classifier = load_classifier(cfg.model.path, dtype=DTYPES[cfg.model.dtype], device=device)
-    add_lora(classifier, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.targets))
-    if cfg.init_from:
-        load_adapters(classifier, cfg.init_from)
-    elif cfg.model.head_init == "lm_answer":
+def run_classifier(cfg: RunConfig, device: torch.device):
+    """The run's classifier (model.build_classifier with the config's settings), from init_from's adapters or, with
+    head_init lm_answer, with the LM's answer rows as its head."""
+    c = cfg.lora
+    classifier = build_classifier(cfg.model.path, c.r, c.alpha, c.dropout, c.targets, DTYPES[cfg.model.dtype],
+                                  device, adapters=cfg.init_from or None)
+    if not cfg.init_from and cfg.model.head_init == "lm_answer":
         classifier.init_score(lm_head_rows(cfg.model.path, answer_token_ids(load_tokenizer(cfg.model.path))))
     return classifier
 
@@ -171,10 +170,6 @@ class StopFlag:
         signal.signal(signal.SIGTERM, self.previous)
 
 
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-
-
 def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[float, float, int]:
     """Forward/backward over this rank's micro-batches, then one optimizer step. Returns the step's mean loss,
     gradient norm and real tokens, over all ranks; a loss or gradient that is not finite raises FloatingPointError
@@ -188,8 +183,7 @@ def train_step(model, optimizer, batches, cfg: RunConfig, d: Dist) -> tuple[floa
         if d.world_size > 1:
             model.set_requires_gradient_sync(i == len(batches) - 1)
         labels = batch["labels"].to(d.device)
-        with torch.autocast(d.device.type, torch.bfloat16, enabled=t.bf16):
-            logits = model(**to_device(batch, d.device))
+        logits = batch_logits(model, batch, d.device, t.bf16)
         loss = classification_loss(logits, labels, t.class_weights or None, t.label_smoothing)
         share = weight(batch["labels"]) / total
         (loss * share * d.world_size).backward()  # FSDP averages gradients over ranks: undo it
@@ -222,8 +216,7 @@ def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
     rows = []
     for indices in sampler:
         batch = collate_padded([valid[i] for i in indices], data.pad_id)
-        with torch.autocast(d.device.type, torch.bfloat16, enabled=cfg.train.bf16):
-            logits = model(**to_device(batch, d.device)).float()
+        logits = batch_logits(model, batch, d.device, cfg.train.bf16)
         labels = batch["labels"].to(d.device)
         losses = F.cross_entropy(logits, labels, reduction="none")
         probs = logits.softmax(-1)[:, 1]
@@ -293,7 +286,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
     if d.main:
         log_precision(cfg.train.bf16, d.device)
     torch.manual_seed(t.seed)  # the same LoRA and head initialisation on every rank
-    classifier = build_classifier(cfg, d.device)
+    classifier = run_classifier(cfg, d.device)
     data = load_data(cfg, classifier.model.config.model_type)
     train_set, valid_set, pad_id, held_out = data.train, data.valid, data.pad_id, data.held_out
     model = prepare_model(classifier, d, t.bf16, t.activation_checkpointing, t.compile)

@@ -18,24 +18,14 @@ import torch
 from data.batching import collate_padded, examples
 from data.inputs import encode, model_family, pad_token_id
 from data.records import TARGET_FIELD, DataError, Record, read_rows
-from model.adapters import META, WEIGHTS, load_adapters
-from model.classifier import load_classifier
+from model.adapters import META, WEIGHTS, build_classifier
+from model.classifier import batch_logits
 from model.loading import file_hash, load_tokenizer, read_json, resolve
-from model.lora import add_lora
 from train.config import DTYPES, RunConfig
 from train.distributed import use_bf16
-from train.loop import to_device
 from train.rundir import write_atomic
 
 CACHE = "probabilities.json"
-
-
-def load_fold_model(best_dir, info: dict, base_model, dtype, device):
-    """The classifier of a run's best/ directory (info: its adapters.json) on `base_model`: base + LoRA + head."""
-    classifier = load_classifier(base_model, num_labels=info["num_labels"], dtype=dtype, device=device)
-    add_lora(classifier, info["r"], info["alpha"], 0.0, tuple(info["targets"]))
-    load_adapters(classifier, best_dir)
-    return classifier.eval()
 
 
 @torch.no_grad()
@@ -45,8 +35,7 @@ def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16:
     probs, tty = {}, sys.stderr.isatty()
     for start in range(0, len(order), batch_size):
         batch = collate_padded([items[i] for i in order[start:start + batch_size]], pad_id)
-        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
-            logits = classifier(**to_device(batch, device)).float()
+        logits = batch_logits(classifier, batch, device, bf16)
         probs.update(zip(batch["ids"], logits.softmax(-1)[:, 1].tolist()))
         if tty:
             print(f"\rpredicting {len(probs)}/{len(items)}", end="", file=sys.stderr, flush=True)
@@ -83,7 +72,8 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
         cached = read_json(cache)
         if cached.get("fingerprint") == key:
             return cached["probabilities"], info["threshold"]
-    classifier = load_fold_model(best_dir, info, base, DTYPES[run.model.dtype], device)
+    classifier = build_classifier(base, info["r"], info["alpha"], 0.0, info["targets"], DTYPES[run.model.dtype],
+                                  device, info["num_labels"], adapters=best_dir).eval()
     family = model_family(classifier.model.config.model_type)
     tokenizer = load_tokenizer(base)
     items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True,

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from data.batching import BatchSampler, Example, collate_packed, collate_padded
 from data.inputs import encode, pad_token_id
 from data.records import read_records
+from model.lora import DEFAULT_TARGETS
 from train.cli import run_command
 
 SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's and gemma-3-1b-pt's
@@ -58,8 +59,7 @@ SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's 
 CONFIGS = ["transformers + PEFT", "transformers + PEFT, grouped", "ours, padded", "ours, packed",
            "ours, packed, compiled"]
 MEGABATCH = 50  # steps whose examples data.BatchSampler sorts by length together (its default)
-LORA = dict(r=16, alpha=32, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                   "down_proj"))
+LORA = dict(r=16, alpha=32, dropout=0.05, targets=DEFAULT_TARGETS)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
 TOKENIZERS = {"qwen3": ("qwen", "qwen3"), "gemma3_text": ("gemma", "gemma3")}  # model_type: family, folder
 
