@@ -71,8 +71,8 @@ def pack(examples: list[Example], row_tokens: int) -> list[list[Example]]:
         n_rows += 1
 
 
-def collate_packed(examples: list[Example], pad_id: int, row_tokens: int, padding_side: str = "right") -> dict:
-    return collate_rows(pack(examples, row_tokens), pad_id, padding_side)
+def collate_packed(examples: list[Example], pad_id: int, row_tokens: int) -> dict:
+    return collate_rows(pack(examples, row_tokens), pad_id)
 
 
 def padding_waste(batches) -> float:

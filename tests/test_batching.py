@@ -56,7 +56,8 @@ def last_tokens(batch):
        st.booleans())
 def test_each_example_is_one_contiguous_segment_ending_at_its_last_token(lengths, side, row_tokens, packed):
     data = make(lengths)
-    batch = collate_packed(data, PAD, row_tokens, side) if packed else collate_padded(data, PAD, side)
+    side = "right" if packed else side  # left padding is for generation prompts (translate), never packed
+    batch = collate_packed(data, PAD, row_tokens) if packed else collate_padded(data, PAD, side)
     by_id = {e.id: e for e in data}
     assert sorted(batch["ids"]) == sorted(by_id) and len(batch["labels"]) == len(data)
     mask, pos, ids = batch["attention_mask"], batch["position_ids"], batch["input_ids"]

@@ -19,6 +19,7 @@ import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from data import read_records
+from data.batching import Example, collate_padded
 from model import load_pretrained
 from model.generate import generate
 from model.loading import load_tokenizer, read_json, resolve
@@ -95,9 +96,8 @@ def translate(decoder, prompter: Prompter, queries: list[str], part: Path, batch
     began = time.perf_counter()
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p, _ in batch], device=decoder.embed_tokens.weight.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in batch], device=ids.device)
+        padded = collate_padded([Example(q, p, None) for p, q in batch], pad, padding_side="left")
+        ids, mask = (padded[k].to(decoder.embed_tokens.weight.device) for k in ("input_ids", "attention_mask"))
         try:
             with torch.autocast(ids.device.type, torch.bfloat16, enabled=ids.device.type == "cuda"):
                 new = generate(decoder, ids, mask, max_new_tokens, eos, pad).tolist()
