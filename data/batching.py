@@ -4,11 +4,11 @@ A batch is a dict:
     input_ids       (B, T) long
     attention_mask  (B, T) long: 0 = padding, k > 0 = the k-th example of the row
     position_ids    (B, T) long: 0, 1, 2, ... restarting for each example; 0 on padding
-    labels          (N,) long: one per example, row by row then segment by segment; -1 when unlabelled
+    labels          (N,) long: one per example, row by row then example by example; -1 when unlabelled
     ids             N record ids, in the order of labels
 A padded batch has one example per row; a packed batch concatenates examples into rows of at most
-`row_tokens` tokens. The model must let a token attend only within its own segment and pool the last
-token of each segment. `python -m train.commands.padding` prints the padding waste of each layout for a file.
+`row_tokens` tokens. The model must let a token attend only within its own example and pool the last
+token of each example. `python -m train.commands.padding` prints the padding waste of each layout for a file.
 """
 from dataclasses import dataclass
 
@@ -36,10 +36,10 @@ def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "ri
     columns = {"input_ids": [], "attention_mask": [], "position_ids": []}
     for row in rows:
         ids = [t for e in row for t in e.input_ids]
-        segments = [k for k, e in enumerate(row, 1) for _ in e.input_ids]
+        numbers = [k for k, e in enumerate(row, 1) for _ in e.input_ids]
         positions = [p for e in row for p in range(len(e.input_ids))]
         n_pad = width - len(ids)
-        for name, values, fill in [("input_ids", ids, pad_id), ("attention_mask", segments, 0),
+        for name, values, fill in [("input_ids", ids, pad_id), ("attention_mask", numbers, 0),
                                    ("position_ids", positions, 0)]:
             columns[name].append(values + [fill] * n_pad if padding_side == "right" else [fill] * n_pad + values)
     batch = {name: torch.tensor(values, dtype=torch.long) for name, values in columns.items()}

@@ -1,22 +1,22 @@
 """Records -> token ids: one template per model family, translation augmentation, truncation.
 
-Segment 1 is the query, or `query + " - " + translation` with translation augmentation; segment 2 is the
+Part 1 is the query, or `query + " - " + translation` with translation augmentation; part 2 is the
 category path (QC) or item title (QI). The templates, for base (not chat) checkpoints:
 
-    qwen:   {segment 1}\\n{segment 2}<|im_end|>           Qwen has no BOS; pad is <|endoftext|>
-    gemma:  <bos>{segment 1}\\n{segment 2}<eos>           pad is <pad>
+    qwen:   {part 1}\\n{part 2}<|im_end|>           Qwen has no BOS; pad is <|endoftext|>
+    gemma:  <bos>{part 1}\\n{part 2}<eos>           pad is <pad>
 
 Every row ends in the family's closing token, the one the classifier pools. It is never the pad token, so
 transformers' *ForSequenceClassification (which pools the last non-pad token) pools it too in our exports.
 
 The question template (`question=True`) asks what the head answers, ending where the LM would answer:
 
-    [<bos>]Query: {segment 1}\nCategory: {segment 2}\nIs this category relevant to the query? Answer:
+    [<bos>]Query: {part 1}\nCategory: {part 2}\nIs this category relevant to the query? Answer:
                                  (QI: "Product" / "this product")
 
 and pools that last token, the position where the LM's " yes" / " no" (ANSWERS) would come next; a head
 initialised from those LM-head rows (model.classifier.init_score_from_lm) starts as the LM's own zero-shot
-judgement. Rows longer than max_length lose the end of segment 2 first, then the end of segment 1; the special
+judgement. Rows longer than max_length lose the end of part 2 first, then the end of part 1; the special
 tokens, separator and question always stay.
 """
 from dataclasses import dataclass
@@ -69,7 +69,7 @@ def close_token_id(tokenizer: Tokenizer, family: str) -> int:
     return token_id(tokenizer, template(family).close)
 
 
-QUESTIONS = {  # task -> (before segment 1, between the segments, after segment 2)
+QUESTIONS = {  # task -> (before part 1, between the parts, after part 2)
     "QC": ("Query: ", "\nCategory: ", "\nIs this category relevant to the query? Answer:"),
     "QI": ("Query: ", "\nProduct: ", "\nIs this product relevant to the query? Answer:"),
 }
@@ -88,7 +88,7 @@ def answer_token_ids(tokenizer: Tokenizer) -> list[int]:
     return ids
 
 
-def first_segment(record, translate: bool) -> str:
+def first_part(record, translate: bool) -> str:
     return f"{record.query} - {record.translation}" if translate and record.translation else record.query
 
 
@@ -104,7 +104,7 @@ def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translat
     longest = max(sum(map(len, frame)) for frame in [plain, *frames.values()])
     if max_length - len(prefix) - longest < 1:
         raise ValueError(f"max_length={max_length} leaves no room for text in the {family} template")
-    queries = tokenizer.encode_batch([first_segment(r, translate) for r in records], add_special_tokens=False)
+    queries = tokenizer.encode_batch([first_part(r, translate) for r in records], add_special_tokens=False)
     targets = tokenizer.encode_batch([r.target for r in records], add_special_tokens=False)
     rows = []
     for r, q, t in zip(records, queries, targets):

@@ -36,7 +36,7 @@ def attention(q, k, v, mask, scale: float, softcap: float | None = None):
                                           enable_gqa=k.shape[1] != q.shape[1])
 
 
-def attention_mask(ids, window: int | None = None, num_queries: int | None = None, softcap: float | None = None):
+def example_mask(ids, window: int | None = None, num_queries: int | None = None, softcap: float | None = None):
     """The mask `attention` takes for example ids (B, S) and the last num_queries (default S) queries."""
     T, S = num_queries or ids.shape[1], ids.shape[1]
     if window is not None and window >= S:  # the window reaches back past the first key: it cuts nothing

@@ -5,6 +5,8 @@ offset > 0 (Gemma): (normalized(x.float()) * (offset + weight.float())).type_as(
 """
 import torch
 
+from kernels.switch import triton_for
+
 
 def rms_norm_reference(x, weight, eps: float, offset: float = 0.0):
     h = x.float()
@@ -14,9 +16,9 @@ def rms_norm_reference(x, weight, eps: float, offset: float = 0.0):
     return weight * h.type_as(x)
 
 
-def rms_norm(x, weight, eps: float, offset: float = 0.0, use_triton: bool | None = None):
-    """Triton kernels (forward and backward) for CUDA tensors or when use_triton is True; the reference otherwise."""
-    if not (x.is_cuda if use_triton is None else use_triton):
+def rms_norm(x, weight, eps: float, offset: float = 0.0):
+    """Triton kernels (forward and backward) where kernels.switch says so; the reference otherwise."""
+    if not triton_for(x):
         return rms_norm_reference(x, weight, eps, offset)
     from kernels.rmsnorm_triton import TritonRMSNorm  # Triton is imported only where it is used
 

@@ -5,6 +5,8 @@ y = x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x2, x1) for the halv
 """
 import torch
 
+from kernels.switch import triton_for
+
 
 def apply_rotary_reference(x, cos, sin):
     half = x.shape[-1] // 2
@@ -12,12 +14,12 @@ def apply_rotary_reference(x, cos, sin):
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-def apply_rotary(x, cos, sin, use_triton: bool | None = None):
-    """Triton kernels (forward and backward) for CUDA tensors or when use_triton is True; the reference otherwise.
+def apply_rotary(x, cos, sin):
+    """Triton kernels (forward and backward) where kernels.switch says so; the reference otherwise.
 
     Gradients flow to x only: cos and sin are constants.
     """
-    if not (x.is_cuda if use_triton is None else use_triton):
+    if not triton_for(x):
         return apply_rotary_reference(x, cos, sin)
     from kernels.rotary_triton import TritonRotary  # Triton is imported only where it is used
 

@@ -46,7 +46,6 @@ class ModelConfig:
     rope_scale: float = 1.0  # linear RoPE scaling: positions are divided by this
     rope_local_theta: float | None = None  # Gemma3: RoPE base of sliding layers (which are never scaled)
     pad_token_id: int | None = None
-    use_triton: bool | None = None  # Triton kernels for norms, RoPE, activations: None = on CUDA tensors
     hf: dict = field(default_factory=dict, repr=False)  # the text-level HF config this was parsed from
 
     def __post_init__(self):

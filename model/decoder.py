@@ -12,20 +12,20 @@ import math
 import torch
 from torch import nn
 
-from kernels import apply_rotary, attention, attention_mask, gated_act, rms_norm
+from kernels import apply_rotary, attention, example_mask, gated_act, rms_norm
 from model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
     """Qwen: weight * norm(x.float()).type_as(x); Gemma (offset 1): (norm(x.float()) * (1 + weight)).type_as(x)."""
 
-    def __init__(self, dim: int, eps: float, offset: float, use_triton: bool | None):
+    def __init__(self, dim: int, eps: float, offset: float):
         super().__init__()
-        self.eps, self.offset, self.use_triton = eps, offset, use_triton
+        self.eps, self.offset = eps, offset
         self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x):
-        return rms_norm(x, self.weight, self.eps, self.offset, self.use_triton)
+        return rms_norm(x, self.weight, self.eps, self.offset)
 
 
 def rotary(position_ids, head_dim: int, theta: float, scale: float):
@@ -45,18 +45,18 @@ def positions_from_mask(mask):
     return (index - first) * (mask > 0)
 
 
-def attention_masks(mask, sliding_window: int | None, num_queries: int | None = None, softcap: float | None = None):
+def layer_masks(mask, sliding_window: int | None, num_queries: int | None = None, softcap: float | None = None):
     """Per kind of layer, what kernels.attention takes: causal, within one example, windowed on sliding layers.
 
     `mask` covers all S keys (cached ones first); the queries are its last T = num_queries tokens.
-    kernels.attention_mask picks the form: None (plain causal), a boolean (B, 1, T, S) mask or a BlockMask.
+    kernels.example_mask picks the form: None (plain causal), a boolean (B, 1, T, S) mask or a BlockMask.
     """
-    full = attention_mask(mask, None, num_queries, softcap)
+    full = example_mask(mask, None, num_queries, softcap)
     if not sliding_window:
         return {"full_attention": full}
     if sliding_window >= mask.shape[1]:  # the window reaches past the first key: the same mask, built once
         return {"full_attention": full, "sliding_attention": full}
-    return {"full_attention": full, "sliding_attention": attention_mask(mask, sliding_window, num_queries, softcap)}
+    return {"full_attention": full, "sliding_attention": example_mask(mask, sliding_window, num_queries, softcap)}
 
 
 class KVCache:
@@ -81,24 +81,23 @@ class Attention(nn.Module):
         self.layer = layer
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
-        self.softcap, self.use_triton = cfg.attn_softcap, cfg.use_triton
+        self.softcap = cfg.attn_softcap
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset, cfg.use_triton)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset, cfg.use_triton)
+        qk_norm = (lambda: RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)) if cfg.qk_norm else (lambda: None)
+        self.q_norm, self.k_norm = qk_norm(), qk_norm()
 
     def forward(self, x, rope, mask, cache: KVCache | None = None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if hasattr(self, "q_norm"):
+        if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q, *rope, use_triton=self.use_triton).transpose(1, 2)
-        k = apply_rotary(k, *rope, use_triton=self.use_triton).transpose(1, 2)
+        q = apply_rotary(q, *rope).transpose(1, 2)
+        k = apply_rotary(k, *rope).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         out = attention(q, k, v, mask, self.scale, self.softcap)
@@ -111,10 +110,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.act, self.use_triton = cfg.hidden_act, cfg.use_triton
+        self.act = cfg.hidden_act
 
     def forward(self, x):
-        return self.down_proj(gated_act(self.gate_proj(x), self.up_proj(x), self.act, self.use_triton))
+        return self.down_proj(gated_act(self.gate_proj(x), self.up_proj(x), self.act))
 
 
 class Block(nn.Module):
@@ -122,7 +121,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, cfg.use_triton)  # noqa: E731
+        norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)  # noqa: E731
         self.self_attn, self.mlp = Attention(cfg, layer), MLP(cfg)
         self.input_layernorm, self.post_attention_layernorm = norm(), norm()
         self.sandwich = cfg.sandwich_norm
@@ -143,7 +142,7 @@ class Decoder(nn.Module):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, cfg.use_triton)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
@@ -159,7 +158,7 @@ class Decoder(nn.Module):
         x = self.embed_tokens(input_ids)
         if cfg.embed_scale:  # the scale is rounded to the activation dtype, as in the reference
             x = x * torch.tensor(math.sqrt(cfg.hidden_size), dtype=x.dtype)
-        masks = attention_masks(mask, cfg.sliding_window, T, cfg.attn_softcap)
+        masks = layer_masks(mask, cfg.sliding_window, T, cfg.attn_softcap)
         global_rope = rotary(position_ids, cfg.head_dim, cfg.rope_theta, cfg.rope_scale)
         ropes = {"full_attention": global_rope, "sliding_attention": global_rope}
         if cfg.rope_local_theta:

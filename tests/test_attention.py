@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 
 from data.batching import Example, collate_packed, collate_padded
-from kernels.attention import attention, attention_mask, block_mask, dense_mask, eager_attention
+from kernels.attention import attention, block_mask, dense_mask, eager_attention, example_mask
 from model.classifier import load_classifier
 from model.lora import add_lora
 
@@ -68,17 +68,17 @@ def test_dense_mask_matches_its_definition():
 
 def test_mask_form_follows_the_case():
     ids = torch.tensor(ROWS["one example"])
-    assert attention_mask(ids) is None
-    assert attention_mask(ids, softcap=5.0) is None  # eager on CPU builds the causal mask itself
-    assert attention_mask(ids, window=4).dtype == torch.bool
-    assert attention_mask(ids, window=T) is None  # a window as long as the rows cuts nothing
-    assert attention_mask(torch.tensor(ROWS["packed"])).shape == (B, 1, T, T)
-    assert attention_mask(torch.tensor([[2, 2, 1, 1, 0]])) is not None  # two examples, in decreasing ids
-    assert attention_mask(ids, num_queries=2).shape == (B, 1, 2, T)
+    assert example_mask(ids) is None
+    assert example_mask(ids, softcap=5.0) is None  # eager on CPU builds the causal mask itself
+    assert example_mask(ids, window=4).dtype == torch.bool
+    assert example_mask(ids, window=T) is None  # a window as long as the rows cuts nothing
+    assert example_mask(torch.tensor(ROWS["packed"])).shape == (B, 1, T, T)
+    assert example_mask(torch.tensor([[2, 2, 1, 1, 0]])) is not None  # two examples, in decreasing ids
+    assert example_mask(ids, num_queries=2).shape == (B, 1, 2, T)
     if DEVICE == "cuda":
-        assert isinstance(attention_mask(ids.cuda(), window=4), BlockMask)
-        assert isinstance(attention_mask(ids.cuda(), softcap=5.0), BlockMask)
-        assert attention_mask(ids.cuda()) is None
+        assert isinstance(example_mask(ids.cuda(), window=4), BlockMask)
+        assert isinstance(example_mask(ids.cuda(), softcap=5.0), BlockMask)
+        assert example_mask(ids.cuda()) is None
 
 
 @pytest.mark.parametrize("rows, window, softcap", CASES, ids=str)
@@ -87,7 +87,7 @@ def test_chosen_path_matches_eager_reference(rows, window, softcap):
     ids = torch.tensor(ROWS[rows], device=DEVICE)
     q, k, v, dy = inputs()
     want = output_and_grads(q, k, v, dy, dense_mask(ids, window), softcap, ids, eager_attention)
-    got = output_and_grads(q, k, v, dy, attention_mask(ids, window, softcap=softcap), softcap, ids)
+    got = output_and_grads(q, k, v, dy, example_mask(ids, window, softcap=softcap), softcap, ids)
     assert_close(got, want, 1e-5)
 
 
@@ -114,7 +114,7 @@ def test_cached_keys_match_eager_reference(queries, keys):
                             eager_attention)
     k_cached, v_cached = k[:, :, -keys:].detach().requires_grad_(), v[:, :, -keys:].detach().requires_grad_()
     out, (dq, dk, dv) = output_and_grads(q, k_cached, v_cached, dy[:, :, -queries:],
-                                         attention_mask(ids, window, queries), None, ids)
+                                         example_mask(ids, window, queries), None, ids)
     assert (out - want[0]).abs().max() < 1e-5
     assert (dq - want[1][0]).abs().max() < 1e-5
     assert (dk - want[1][1][:, :, -keys:]).abs().max() < 1e-5

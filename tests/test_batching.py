@@ -54,7 +54,7 @@ def last_tokens(batch):
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=12), st.sampled_from(["right", "left"]), st.integers(12, 30),
        st.booleans())
-def test_each_example_is_one_contiguous_segment_ending_at_its_last_token(lengths, side, row_tokens, packed):
+def test_each_example_is_one_contiguous_run_ending_at_its_last_token(lengths, side, row_tokens, packed):
     data = make(lengths)
     side = "right" if packed else side  # left padding is for generation prompts (translate), never packed
     batch = collate_packed(data, PAD, row_tokens) if packed else collate_padded(data, PAD, side)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model import load_pretrained
-from model.decoder import attention_masks, positions_from_mask
+from model.decoder import layer_masks, positions_from_mask
 
 from hf_tiny import FAMILIES, padded_batch, save_tiny
 
@@ -81,14 +81,14 @@ def test_positions_restart_per_example_and_skip_padding():
 
 def test_sliding_mask_is_causal_windowed_and_within_example():
     mask = torch.tensor([[1, 1, 1, 1, 2, 2, 0]])
-    masks = attention_masks(mask, sliding_window=2)
+    masks = layer_masks(mask, sliding_window=2)
     full, sliding = masks["full_attention"][0, 0], masks["sliding_attention"][0, 0]
     assert full[3].tolist() == [True, True, True, True, False, False, False]
     assert sliding[3].tolist() == [False, False, True, True, False, False, False]
     assert full[5].tolist() == [False, False, False, False, True, True, False]
     assert full[6].tolist() == [False] * 6 + [True]  # padding attends only to itself
-    long_window = attention_masks(mask, sliding_window=7)  # reaches past the first key: the full mask, once
-    assert long_window["sliding_attention"] is long_window["full_attention"]
+    long_window = layer_masks(mask, sliding_window=7)  # reaches past the first key: the full mask
+    assert torch.equal(long_window["sliding_attention"], long_window["full_attention"])
 
 
 def test_untied_decoder_without_lm_head_refuses_lm_logits():

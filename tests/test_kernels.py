@@ -11,6 +11,7 @@ pytest.importorskip("triton", reason="Triton is not installed: pip install trito
 from kernels.gated_act import gated_act  # noqa: E402
 from kernels.rmsnorm import rms_norm  # noqa: E402
 from kernels.rotary import apply_rotary  # noqa: E402
+from kernels.switch import use_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]
@@ -32,17 +33,21 @@ def randn(*shape, dtype=torch.float32, scale=1.0):
     return (scale * torch.randn(shape)).to(DEVICE, dtype)
 
 
-def forward_and_grads(fn, inputs):
-    """fn(*inputs) and the gradients w.r.t. every input of <fn(*inputs), dy>, for a fixed random dy."""
+def forward_and_grads(fn, inputs, triton: bool):
+    """fn(*inputs), on the Triton kernels or not, and the gradients w.r.t. every input of <fn(*inputs), dy>, for a
+    fixed random dy."""
     inputs = [t.detach().requires_grad_() for t in inputs]
-    y = fn(*inputs)
+    with use_triton(triton):
+        y = fn(*inputs)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
     return [y, *torch.autograd.grad(y, inputs, dy)]
 
 
-def assert_matches(fn, reference, inputs, dtype):
-    """fn and reference agree on the output and every gradient, in dtype, shape and value."""
-    for actual, expected in zip(forward_and_grads(fn, inputs), forward_and_grads(reference, inputs), strict=True):
+def assert_matches(fn, inputs, dtype):
+    """fn on the Triton kernels and on the references agree on the output and every gradient, in dtype, shape and
+    value."""
+    for actual, expected in zip(forward_and_grads(fn, inputs, True), forward_and_grads(fn, inputs, False),
+                                strict=True):
         assert actual.dtype == expected.dtype and actual.shape == expected.shape
         error = (actual.double() - expected.double()).abs().max() / expected.double().abs().max()
         assert error <= TOLERANCE[dtype]
@@ -54,15 +59,13 @@ def assert_matches(fn, reference, inputs, dtype):
 def test_rms_norm(shape, offset, dtype):
     x = randn(*shape, dtype=dtype, scale=3.0)
     weight = (1.0 - offset + 0.5 * randn(shape[-1])).to(dtype)  # around the identity scale of each variant
-    assert_matches(lambda x, w: rms_norm(x, w, 1e-6, offset, use_triton=True),
-                   lambda x, w: rms_norm(x, w, 1e-6, offset, use_triton=False), [x, weight], dtype)
+    assert_matches(lambda x, w: rms_norm(x, w, 1e-6, offset), [x, weight], dtype)
 
 
 def test_rms_norm_float32_weight_on_bfloat16_input():
     """Qwen's variant promotes: a float32 weight on bfloat16 activations gives a float32 output."""
     x, weight = randn(4, 45, dtype=torch.bfloat16), 1.0 + 0.5 * randn(45)
-    assert_matches(lambda x, w: rms_norm(x, w, 1e-6, use_triton=True),
-                   lambda x, w: rms_norm(x, w, 1e-6, use_triton=False), [x, weight], torch.bfloat16)
+    assert_matches(lambda x, w: rms_norm(x, w, 1e-6), [x, weight], torch.bfloat16)
 
 
 def as_in_decoder(x_shape):
@@ -80,8 +83,7 @@ def as_in_decoder(x_shape):
 def test_rotary(make_x, cos_shape, dtype):
     angles = randn(*cos_shape, scale=3.0)
     cos, sin = angles.cos(), angles.sin()
-    assert_matches(lambda x: apply_rotary(x, cos, sin, use_triton=True),
-                   lambda x: apply_rotary(x, cos, sin, use_triton=False), [make_x(dtype)], dtype)
+    assert_matches(lambda x: apply_rotary(x, cos, sin), [make_x(dtype)], dtype)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's sigmoid saturates via exp = inf
@@ -90,28 +92,29 @@ def test_rotary(make_x, cos_shape, dtype):
 @pytest.mark.parametrize("shape", [(3, 7, 33), (2, 1100)])  # 1100 elements span two blocks of 1024
 def test_gated_act(shape, act, dtype):
     gate, up = randn(*shape, dtype=dtype, scale=4.0), randn(*shape, dtype=dtype)
-    assert_matches(lambda g, u: gated_act(g, u, act, use_triton=True),
-                   lambda g, u: gated_act(g, u, act, use_triton=False), [gate, up], dtype)
+    assert_matches(lambda g, u: gated_act(g, u, act), [gate, up], dtype)
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
 def test_decoder_on_triton_kernels_matches_reference_path(family):
-    """The model switch: ModelConfig.use_triton routes norms, RoPE and activations through the kernels."""
+    """The switch: kernels.use_triton routes the decoder's norms, RoPE and activations through the kernels."""
     from model import Decoder, ModelConfig
 
     gemma = family.startswith("gemma")
     config = dict(model_type=family, vocab_size=50, hidden_size=40, intermediate_size=72, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=10, qk_norm=True, norm_offset=float(gemma),
                   sandwich_norm=gemma, hidden_act="gelu_pytorch_tanh" if gemma else "silu")
-    torch.manual_seed(0)
-    reference = Decoder(ModelConfig(**config, use_triton=False)).to(DEVICE)
-    triton = Decoder(ModelConfig(**config, use_triton=True)).to(DEVICE)
-    triton.load_state_dict(reference.state_dict())
+    decoder = Decoder(ModelConfig(**config)).to(DEVICE)
     ids = torch.randint(0, 50, (2, 9), device=DEVICE)
     mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4], device=DEVICE)
-    expected, got = reference(ids, mask), triton(ids, mask)
-    got.sum().backward()
-    expected.sum().backward()
+    runs = []
+    for triton in (False, True):
+        with use_triton(triton):
+            out = decoder(ids, mask)
+        out.sum().backward()
+        runs.append((out.detach(), {n: p.grad.clone() for n, p in decoder.named_parameters()}))
+        decoder.zero_grad()
+    (expected, want), (got, grads) = runs
     assert (got - expected).abs().max() < 1e-4
-    for (name, p), q in zip(reference.named_parameters(), triton.parameters()):
-        assert (p.grad - q.grad).abs().max() < 1e-4, name
+    for name in want:
+        assert (want[name] - grads[name]).abs().max() < 1e-4, name
