@@ -79,12 +79,13 @@ def run_classifier(cfg: RunConfig, device: torch.device):
 def read_data_files(cfg: RunConfig, key: str) -> list[Record]:
     """The records of data.train (or data.valid), every file of it. Rows of two tasks (a joint QC + QI stage, whose
     files number their rows alike) get ids "QC:<id>" and "QI:<id>"; any id still repeated is an error."""
-    d = cfg.data
-    paths = d.train if key == "train" else [d.valid]
+    data_cfg = cfg.data
+    paths = data_cfg.train if key == "train" else [data_cfg.valid]
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"data.{key}: file not found: {path}")
-    records = [r for path in paths for r in read_records(path, d.task or None, d.translations or None, d.lowercase)]
+    records = [r for path in paths
+               for r in read_records(path, data_cfg.task or None, data_cfg.translations or None, data_cfg.lowercase)]
     if len({r.task for r in records}) > 1:
         records = [replace(r, id=f"{r.task}:{r.id}") for r in records]
     seen = set()
@@ -109,27 +110,27 @@ class Data:
 def load_data(cfg: RunConfig, model_type: str) -> Data:
     """Validation is data.valid, a fold of data.train, or empty. Queries carry their English translation when the
     records have one (data.translations or a column)."""
-    d = cfg.data
-    if d.translations and not Path(d.translations).is_file():
-        raise FileNotFoundError(f"data.translations: file not found: {d.translations}")
+    data_cfg = cfg.data
+    if data_cfg.translations and not Path(data_cfg.translations).is_file():
+        raise FileNotFoundError(f"data.translations: file not found: {data_cfg.translations}")
     records, held_out = read_data_files(cfg, "train"), set()
-    if len({r.task for r in records}) > 1 and d.template != "question":
+    if len({r.task for r in records}) > 1 and data_cfg.template != "question":
         raise ConfigError("data.train holds QC and QI rows: a joint stage needs data.template: question, whose "
                           "question names each row's task")
-    if d.valid:
+    if data_cfg.valid:
         train_records, valid_records = records, read_data_files(cfg, "valid")
-    elif d.fold >= 0:  # fixed folds (data.split_seed): train.seed changes the run, not the split
+    elif data_cfg.fold >= 0:  # fixed folds (data.split_seed): train.seed changes the run, not the split
         groups = held_out_groups(cfg, records)
-        train_idx, valid_idx = split_rows(records, d.fold, d.n_folds, d.group_levels, d.split_seed,
-                                          d.stratify_top_level, groups)
+        train_idx, valid_idx = split_rows(records, data_cfg.fold, data_cfg.n_folds, data_cfg.group_levels,
+                                          data_cfg.split_seed, data_cfg.stratify_top_level, groups)
         train_records, valid_records = [records[i] for i in train_idx], [records[i] for i in valid_idx]
-        held_out = set(groups[d.fold]) if groups else set()
+        held_out = set(groups[data_cfg.fold]) if groups else set()
     else:
         train_records, valid_records = records, []
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
-    question = d.template == "question"
-    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, d.max_length, True, question))  # noqa: E731
+    question = data_cfg.template == "question"
+    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, data_cfg.max_length, True, question))  # noqa: E731
     everything = train_records + valid_records
     return Data(encoded(train_records), encoded(valid_records), {r.id: r.language for r in everything},
                 {r.id: r.task for r in everything}, pad_token_id(tokenizer, family), held_out)
@@ -137,17 +138,17 @@ def load_data(cfg: RunConfig, model_type: str) -> Data:
 
 def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
     """The language groups of a language-held-out split (None for the grouped split), checked against the data."""
-    d = cfg.data
-    if d.split != "languages":
+    data_cfg = cfg.data
+    if data_cfg.split != "languages":
         return None
-    groups = d.held_out_languages or default_language_groups(records)
-    if not 0 <= d.fold < len(groups):
+    groups = data_cfg.held_out_languages or default_language_groups(records)
+    if not 0 <= data_cfg.fold < len(groups):
         raise ConfigError(f"data.fold must be in [0, {len(groups)}) for held-out language groups {groups}, "
-                          f"got {d.fold}")
+                          f"got {data_cfg.fold}")
     present = {r.language for r in records}
-    if not set(groups[d.fold]) & present:
-        raise ConfigError(f"data.held_out_languages: fold {d.fold} holds out {groups[d.fold]}, which "
-                          f"{d.train} has no rows of")
+    if not set(groups[data_cfg.fold]) & present:
+        raise ConfigError(f"data.held_out_languages: fold {data_cfg.fold} holds out {groups[data_cfg.fold]}, which "
+                          f"{data_cfg.train} has no rows of")
     return groups
 
 
@@ -312,11 +313,11 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
             raise ConfigError(f"{resume_from} was written with {state['global_batch']} examples per step, this "
                              f"config has {per_rank * d.world_size} (batch_size x grad_accum x ranks): keep the "
                              f"product to resume, or start a new run_dir")
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     progress = Progress(total, state["step"]) if d.main else None
     say = progress.message if d.main else (lambda text: None)
     if d.main:
-        log.truncate_after(state["step"])
+        metrics_log.truncate_after(state["step"])
         say(f"{len(train_set)} training / {len(valid_set)} validation examples, {d.world_size} rank(s), "
             f"{steps_per_epoch} steps per epoch, {total} steps"
             + (f", resuming from {resume_from}" if resume_from else ""))
@@ -328,7 +329,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
     def evaluate_and_keep_best(step):
         metrics, probs = evaluate(model, data, cfg, d)
         if d.main:
-            log.append(step=step, split="valid", **metrics)
+            metrics_log.append(step=step, split="valid", **metrics)
             unseen = f" | unseen {sorted(held_out)}: F1 {metrics['unseen_f1']:.4f} AUC {metrics['unseen_auc']:.4f}" \
                 if held_out else ""
             say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {metrics['f1']:.4f} (all-positive "
@@ -370,7 +371,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
                 state.update(step=step, epoch=step // steps_per_epoch, batch_in_epoch=step % steps_per_epoch)
                 if d.main:
                     speed = tokens / (time.perf_counter() - began)
-                    log.append(step=step, split="train", epoch=step / steps_per_epoch, loss=loss, lr=lr,
+                    metrics_log.append(step=step, split="train", epoch=step / steps_per_epoch, loss=loss, lr=lr,
                                grad_norm=norm, tokens_per_s=speed)
                     progress.update(step, loss, lr, speed)
                 epoch_end, last_step = step % steps_per_epoch == 0, step == total
@@ -390,7 +391,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
     if not valid_set:
         save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}, state))
     if d.main:
-        say(plot(log, run_dir))
+        say(plot(metrics_log, run_dir))
     return RunResult(state["best_step"] if "best" in state else step, state.get("best", {}), init=state.get("init"),
                      step0=state.get("step0"), held_out=sorted(held_out))
 

@@ -67,10 +67,10 @@ def text_curve(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(log: MetricsLog, run_dir) -> str:
+def plot(metrics_log: MetricsLog, run_dir) -> str:
     """metrics.txt (text_curve) and, with matplotlib, metrics.png of the training loss and validation loss / F1 /
     AUC in `run_dir`; returns what was written."""
-    rows, run_dir = log.read(), Path(run_dir)
+    rows, run_dir = metrics_log.read(), Path(run_dir)
     (run_dir / "metrics.txt").write_text(text_curve(rows))
     try:
         import matplotlib

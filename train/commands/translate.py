@@ -87,7 +87,7 @@ def read_done(output: Path) -> dict[str, str | None]:
 
 
 def translate(decoder, prompter: Prompter, queries: list[str], part: Path, batch_size: int,
-              max_new_tokens: int, eos: set[int], pad: int, log) -> None:
+              max_new_tokens: int, eos: set[int], pad: int, say) -> None:
     """Translate `queries` in length-sorted batches, appending each finished batch to `part`."""
     prompts = sorted(((prompter(q), q) for q in queries), key=lambda p: len(p[0]))
     if part.exists() and not part.read_bytes().endswith(b"\n"):
@@ -103,13 +103,13 @@ def translate(decoder, prompter: Prompter, queries: list[str], part: Path, batch
                 new = generate(decoder, ids, mask, max_new_tokens, eos, pad).tolist()
             texts = [prompter.decode([t for t in row if t not in eos and t != pad]) or None for row in new]
         except RuntimeError as e:
-            log(f"batch of {len(batch)} queries failed ({e}); they fall back to the original query")
+            say(f"batch of {len(batch)} queries failed ({e}); they fall back to the original query")
             texts = [None] * len(batch)
         with part.open("a") as f:
             f.writelines(json.dumps({"query": q, "translation": t}, ensure_ascii=False) + "\n"
                          for (_, q), t in zip(batch, texts))
         done = min(start + batch_size, len(prompts))
-        log(f"translated {done}/{len(prompts)} queries ({done / (time.perf_counter() - began):.1f}/s)")
+        say(f"translated {done}/{len(prompts)} queries ({done / (time.perf_counter() - began):.1f}/s)")
 
 
 def main(argv=None) -> None:
@@ -124,12 +124,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     dist = init_distributed()
-    log = (lambda text: print(text, file=sys.stderr, flush=True)) if dist.main else (lambda text: None)
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if dist.main else (lambda text: None)
     records = [r for path in args.files for r in read_records(path, training=False, lowercase=False)]
     english = {r.query for r in records if args.skip_english and r.language == "en"}
     done = read_done(args.output)
     todo = sorted({r.query for r in records} - english - set(done) - {""})
-    log(f"{len(records)} rows, {len(todo)} unique queries to translate ({len(done)} already done)")
+    say(f"{len(records)} rows, {len(todo)} unique queries to translate ({len(done)} already done)")
     barrier(dist)  # every rank has read the part files before any rank appends to them
     if todo:
         directory = resolve(args.model)
@@ -139,7 +139,7 @@ def main(argv=None) -> None:
         part = args.output.parent / f"{args.output.name}.rank{dist.rank}.part"
         pad = decoder.config.pad_token_id or 0
         translate(decoder, prompter, todo[dist.rank::dist.world_size], part, args.batch_size,
-                  args.max_new_tokens, eos_token_ids(directory, prompter), pad, log)
+                  args.max_new_tokens, eos_token_ids(directory, prompter), pad, say)
     barrier(dist)
     if dist.main:
         done = read_done(args.output)
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
         write_atomic(args.output, "".join(
             json.dumps({"origin_query": q, "translated_query": q if q in english else done.get(q) or q},
                        ensure_ascii=False) + "\n" for q in queries))
-        log(f"wrote {args.output}: {len(queries)} queries of {len(records)} rows, {len(failed)} without a "
+        say(f"wrote {args.output}: {len(queries)} queries of {len(records)} rows, {len(failed)} without a "
             f"translation (original query kept)")
     shutdown(dist)
 
