@@ -15,9 +15,9 @@ from kernels.attention import attention, block_mask, dense_mask, eager_attention
 from model.classifier import load_classifier
 from model.lora import add_lora
 
+from fixtures import DEVICE
 from hf_tiny import FAMILIES, save_tiny
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, H_KV, T, D = 3, 4, 2, 13, 16
 SCALE = D**-0.5
 ROWS = {

@@ -12,7 +12,7 @@ from model.lora import add_lora
 from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.distributed import Dist
 
-from train_fixtures import make_checkpoint
+from fixtures import make_checkpoint
 
 ONE = Dist(rank=0, world_size=1, device=torch.device("cpu"))
 

@@ -5,9 +5,9 @@ import torch
 from model import load_pretrained
 from model.decoder import layer_masks, positions_from_mask
 
+from fixtures import DEVICE
 from hf_tiny import FAMILIES, padded_batch, save_tiny
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the bf16 comparison runs
 T = 11  # longer than the sliding window (4) of the Gemma2/Gemma3 test models
 
 

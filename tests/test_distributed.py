@@ -8,7 +8,6 @@ micro-batch, a wrong normaliser) moves weights by about the learning rate, 1e-2.
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,9 @@ from safetensors.torch import load_file
 from train.distributed import cpu_flags, use_bf16
 from train.loop import train
 
-from train_fixtures import tiny_config
+from fixtures import free_port, tiny_config
 
 ATOL, RTOL = 1e-5, 1e-4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank, world_size, ports, configs):

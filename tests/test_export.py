@@ -10,19 +10,12 @@ from model.classifier import load_classifier
 from model.export import export_merged
 from model.lora import LoRALinear, add_lora
 
+from fixtures import randomize_trainable
 from hf_tiny import save_tiny
 
 MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [0] * 5 + [1] * 4])
 IDS = torch.randint(1, 97, (3, 9), generator=torch.Generator().manual_seed(0)) * MASK  # pad id 0
 POSITIONS = (MASK.cumsum(1) - 1).clamp(min=0)  # transformers numbers left-padded rows from 0 otherwise
-
-
-def randomize_trainable(module, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])

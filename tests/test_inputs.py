@@ -4,11 +4,12 @@ import json
 
 import pytest
 from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Sequence, Split
 
 from data.inputs import ANSWERS, QUESTIONS, answer_token_ids, close_token_id, encode, model_family, pad_token_id
 from data.records import Record
+
+from fixtures import word_tokenizer
 
 NAMES = {"qwen": "qwen3", "gemma": "gemma3"}
 QUERIES = [  # (language, query, English translation, target)
@@ -72,12 +73,11 @@ def test_wrong_tokenizer_or_family_is_an_error(shared):
         encode(qwen, "qwen", RECORDS, 2, False)
 
 
-def word_tokenizer():
+def template_tokenizer():
     """One token per space-separated word, plus the special tokens of both templates."""
     words = ["<pad>", "<eos>", "<bos>", "<|endoftext|>", "<|im_end|>", "[UNK]", "\n", "-", "a", "b", "c"]
-    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = Sequence([Split(" ", behavior="removed"), Split("\n", behavior="isolated")])
-    return tokenizer
+    return word_tokenizer(words, pre_tokenizer=Sequence([Split(" ", behavior="removed"),
+                                                         Split("\n", behavior="isolated")]))
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def word_tokenizer():
     ],
 )
 def test_template_and_truncation_token_by_token(family, max_length, translate, expected):
-    tok = word_tokenizer()
+    tok = template_tokenizer()
     record = Record("1", "QC", "en", "a b c", "a b c a b c", 1, "b")
     [ids] = encode(tok, family, [record], max_length, translate)
     assert [tok.id_to_token(i) for i in ids] == expected.split(" ")
@@ -124,7 +124,6 @@ def test_each_answer_is_one_token_that_follows_answer_colon(family_tokenizer):
     no, yes = answer_token_ids(tok)
     for answer, id_ in zip(ANSWERS, (no, yes)):
         assert tok.encode(f"Answer:{answer}", add_special_tokens=False).ids[-1] == id_
-    split = Tokenizer(WordLevel({"[UNK]": 0, " ": 1, "no": 2, "yes": 3}, unk_token="[UNK]"))
-    split.pre_tokenizer = Split(" ", "isolated")  # " no" -> " ", "no": two tokens
+    split = word_tokenizer(["[UNK]", " ", "no", "yes"], pre_tokenizer=Split(" ", "isolated"))  # " no": 2 tokens
     with pytest.raises(ValueError, match="splits the answer ' no' into 2 tokens"):
         answer_token_ids(split)

@@ -13,7 +13,8 @@ from kernels.rmsnorm import rms_norm  # noqa: E402
 from kernels.rotary import apply_rotary  # noqa: E402
 from kernels.switch import use_triton  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from fixtures import DEVICE  # noqa: E402
+
 DTYPES = [torch.float32, torch.bfloat16]
 # Allowed max|triton - reference|, relative to max|reference| (the tensor's scale).
 # float32: the two differ only in the order of float32 operations and in approximate rsqrt/exp: a few ulps

@@ -24,7 +24,7 @@ from train.main import main
 from train.metrics import PER_LANGUAGE
 from train.progress import MetricsLog, plot, text_curve
 
-from train_fixtures import make_qi_records, tiny_config
+from fixtures import make_qi_records, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE = Dist(rank=0, world_size=1, device=torch.device("cpu"))

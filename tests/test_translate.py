@@ -3,14 +3,13 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 import train.commands.translate
 from data import read_records
 from train.commands.translate import main
 
+from fixtures import free_port, word_tokenizer
 from hf_tiny import save_tiny
 
 WORDS = "translate this e-commerce search query into english reply with the translation only . : <user> <model>"
@@ -27,8 +26,7 @@ def checkpoint(tmp_path_factory):
     words = ["<pad>", "<unk>", "<eos>"] + WORDS.split() + [w for q in QUERIES for w in q.split()]
     words += [f"w{i}" for i in range(97 - len(set(words)))]
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer = word_tokenizer(vocab, unk="<unk>", pre_tokenizer=Whitespace())
     tokenizer.add_special_tokens(["<pad>", "<eos>"])
     tokenizer.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>", "chat_template": CHAT_TEMPLATE}))
@@ -123,13 +121,9 @@ def _rank(rank, port, argv):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_ranks_split_the_queries(checkpoint, competition_file, tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = [str(competition_file), "--model", str(checkpoint), "--batch-size", "1", "--max-new-tokens", "4"]
     (tmp_path / "two").mkdir()
     (tmp_path / "one").mkdir()

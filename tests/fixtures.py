@@ -1,6 +1,8 @@
-"""Tiny training runs for the train/ tests: a random Qwen3-style checkpoint, a word tokenizer, labelled QC files."""
+"""Shared test helpers: the device, a free port, random trainable weights, word-level tokenizers, and tiny
+training runs (a random Qwen3-style checkpoint, labelled QC files, a config over them)."""
 import json
 import random
+import socket
 from pathlib import Path
 
 import torch
@@ -21,14 +23,38 @@ HF_CONFIG = dict(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate
                  tie_word_embeddings=True, rope_theta=10000.0)
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the GPU-or-CPU tests run
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on, for a torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def randomize_trainable(module, seed: int = 0, std: float = 0.1) -> None:
+    """Random values in every trainable parameter (LoRA B and the head start at zero or small)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen).to(p) * std)
+
+
+def word_tokenizer(words, unk: str = "[UNK]", pre_tokenizer=None) -> Tokenizer:
+    """One token per word of `words` (ids in order), split on whitespace unless told otherwise."""
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token=unk))
+    tokenizer.pre_tokenizer = pre_tokenizer or WhitespaceSplit()
+    return tokenizer
+
+
 def make_checkpoint(directory: Path) -> Path:
     """A random tiny Qwen3 checkpoint in Hugging Face layout, with a word-level tokenizer.json."""
     directory.mkdir(parents=True, exist_ok=True)
     specials = sorted({t for tpl in TEMPLATES.values() for t in (tpl.bos, tpl.close, tpl.pad) if t})
     vocab = [*specials, "[UNK]", "-", "no", "yes", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
-    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = WhitespaceSplit()
-    tokenizer.save(str(directory / "tokenizer.json"))
+    word_tokenizer(vocab).save(str(directory / "tokenizer.json"))
     torch.manual_seed(0)
     decoder = Decoder(ModelConfig.from_hf(HF_CONFIG))
     save_file({f"model.{k}": v.contiguous() for k, v in decoder.state_dict().items()}, directory / "model.safetensors")
