@@ -39,6 +39,7 @@ def trainable(model):
 def test_round_trip_restores_weights_optimizer_and_rng(trained, tmp_path):
     model, optimizer = trained
     before, moments = trainable(model), {k: {n: v.clone() for n, v in s.items()} for k, s in optimizer.state.items()}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     torch.manual_seed(123)
     path = save_checkpoint(tmp_path / "run", 7, model, optimizer, {"best_f1": 0.5}, ONE, keep_last=2)
     expected_draw = torch.rand(3)
@@ -55,8 +56,9 @@ def test_round_trip_restores_weights_optimizer_and_rng(trained, tmp_path):
         for key, value in saved.items():
             assert torch.equal(optimizer.state[p][key], value), key
     assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues where it was saved
-    frozen = next(p for n, p in model.named_parameters() if not p.requires_grad)
-    assert frozen.isfinite().all()
+    for name, p in model.named_parameters():  # a checkpoint holds the trainable tensors only: the rest stays as is
+        if not p.requires_grad:
+            assert torch.equal(p, frozen[name] + 1.0), name
 
 
 def test_files_are_safetensors_and_json_only(trained, tmp_path):

@@ -1,4 +1,6 @@
 """The run config: YAML + overrides into typed dataclasses; bad keys and values are named."""
+from pathlib import Path
+
 import pytest
 
 from train.config import ConfigError, RunConfig, load_config, save_config
@@ -121,12 +123,22 @@ def test_saved_config_loads_back_equal(config_file, tmp_path):
     assert load_config(tmp_path / "resolved.yaml") == cfg
 
 
-def test_example_configs_load():
-    from pathlib import Path
-    paths = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert paths
-    for path in paths:
-        load_config(path)
+SHIPPED = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_is_a_runnable_one_with_a_header(path):
+    from train.recipe import check_stages
+
+    cfg = load_config(path)
+    if cfg.stages:
+        check_stages(cfg)  # every run of every stage, as the recipe checks them before its first run
+    else:
+        cfg.check()
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    commands = [line for line in header if "train/main.py" in line or "train.commands.demo" in line]
+    assert commands and any("=" in line.split(".yaml", 1)[-1] for line in commands), \
+        f"{path.name}: its header shows how to run it, with a key=value override"
 
 
 @pytest.mark.parametrize("override, message", [
