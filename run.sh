@@ -7,17 +7,20 @@ cd "$(dirname "$0")"
 VENV=.venv
 PY=$VENV/bin/python
 
+# setup_env base|test: the project alone (the demo) or with its test extras (transformers, peft, pytest, ruff).
 setup_env() {
+    local marker="$VENV/.installed-$1"
     if [ ! -x "$PY" ]; then
         python3 -m venv "$VENV"
         "$PY" -m pip install -q --upgrade pip
     fi
+    [ "$1" = base ] && [ -f "$VENV/.installed-test" ] && [ ! setup.py -nt "$VENV/.installed-test" ] && return
     # Reinstall only when setup.py changed since the last install.
-    if [ ! -f "$VENV/.installed" ] || [ setup.py -nt "$VENV/.installed" ]; then
+    if [ ! -f "$marker" ] || [ setup.py -nt "$marker" ]; then
         # torch is pinned: a bare requirement would pull a multi-GB CUDA build.
         "$PY" -m pip install -q torch==2.13.0
-        "$PY" -m pip install -q -e '.[test]'
-        touch "$VENV/.installed"
+        if [ "$1" = test ]; then "$PY" -m pip install -q -e '.[test]'; else "$PY" -m pip install -q -e .; fi
+        touch "$marker"
     fi
 }
 
@@ -48,13 +51,13 @@ print(f'torch {torch.__version__}, triton {triton.__version__}, transformers {tr
 case "${1:-}" in
     test)
         shift
-        setup_env
+        setup_env test
         "$VENV/bin/ruff" check .  # the linter (ruff.toml), then the tests
         exec "$PY" -m pytest tests "$@"
         ;;
     demo)
         shift
-        setup_env
+        setup_env base
         exec "$PY" -m train.commands.demo "$@"
         ;;
     gpu)

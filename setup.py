@@ -1,11 +1,11 @@
-"""Installs the four packages of the project: model, data, train, kernels."""
+"""Installs the packages of the project: model, data, train (with train.commands), kernels."""
 from setuptools import setup
 
 setup(
     name="relevance-lm",
     version="0.1.0",
     description="Fine-tune Gemma and Qwen decoders into query relevance classifiers, in plain PyTorch.",
-    packages=["model", "data", "train", "kernels"],
+    packages=["model", "data", "train", "train.commands", "kernels"],
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.5",
