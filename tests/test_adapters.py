@@ -17,10 +17,9 @@ from model.export import export_peft
 from model.loading import CheckpointError
 from model.lora import add_lora
 
-from hf_tiny import CONFIGS, save_tiny
+from hf_tiny import CONFIGS, padded_batch, save_tiny
 
-MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7])
-IDS = torch.randint(1, 97, (3, 9), generator=torch.Generator().manual_seed(0)) * MASK  # pad id 0 (HF pools on it)
+IDS, MASK = padded_batch("right", length=9)  # pad id 0 (HF pools on it)
 
 
 def trained(base, seed=0, **lora):

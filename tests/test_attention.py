@@ -15,7 +15,7 @@ from kernels.attention import attention, block_mask, dense_mask, eager_attention
 from model.classifier import load_classifier
 from model.lora import add_lora
 
-from fixtures import DEVICE
+from fixtures import DEVICE, randomize_trainable
 from hf_tiny import FAMILIES, save_tiny
 
 B, H, H_KV, T, D = 3, 4, 2, 13, 16
@@ -194,12 +194,9 @@ def test_packed_logits_in_bfloat16_as_close_as_padded(checkpoint):
 
 def gradients(checkpoint, batch, dtype) -> dict:
     """LoRA and head gradients of the summed cross-entropy of `batch`, LoRA B random so that every LoRA A gets one."""
-    torch.manual_seed(0)
     model = load_classifier(checkpoint, dtype=dtype, device=DEVICE)
     add_lora(model, r=4, alpha=8)
-    for name, p in model.named_parameters():
-        if name.endswith("lora_B"):
-            torch.nn.init.normal_(p, std=0.1)
+    randomize_trainable(model)
     inputs = [batch[key].to(DEVICE) for key in ("input_ids", "attention_mask", "position_ids")]
     with torch.autocast(DEVICE, torch.bfloat16, enabled=dtype == torch.bfloat16):
         logits = model(*inputs)

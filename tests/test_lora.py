@@ -8,6 +8,8 @@ from torch import nn
 
 from model.lora import DEFAULT_TARGETS, LoRALinear, add_lora, merged_tensors
 
+from fixtures import randomize_trainable
+
 
 class Block(nn.Module):
     """Stand-in for a decoder layer: attention and MLP projections plus a norm that must stay frozen."""
@@ -25,12 +27,6 @@ class Block(nn.Module):
         x = x + a["o_proj"](a["q_proj"](x) * a["k_proj"](x).sigmoid() + a["v_proj"](x))
         m = self.mlp
         return self.norm(x + m["down_proj"](m["gate_proj"](x) * m["up_proj"](x)))
-
-
-def randomize_b(module):
-    for m in module.modules():
-        if isinstance(m, LoRALinear):
-            nn.init.normal_(m.lora_B, std=0.1)
 
 
 def test_init_matches_peft_and_starts_at_base():
@@ -109,7 +105,7 @@ def test_merged_tensors_loads_into_plain_module_and_leaves_original():
     plain = Block(16)
     lora = copy.deepcopy(plain)
     add_lora(lora, r=4, alpha=8, dropout=0.1)
-    randomize_b(lora)
+    randomize_trainable(lora)
     lora.eval()
     before = {k: v.clone() for k, v in lora.state_dict().items()}
     sd = dict(merged_tensors(lora))
