@@ -28,11 +28,18 @@ def examples(records, token_ids) -> list[Example]:
     return [Example(r.id, ids, r.label) for r, ids in zip(records, token_ids, strict=True)]
 
 
-def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "right") -> dict:
-    """One row of the batch per list of examples, concatenated and padded to the longest row."""
+def bucketed(length: int) -> int:
+    """`length` rounded up to a multiple of BUCKET: the widths of token-budget batches, few distinct shapes."""
+    return -(-length // BUCKET) * BUCKET
+
+
+def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "right", bucket: bool = False) -> dict:
+    """One row of the batch per list of examples, concatenated and padded to the longest row (rounded up to a
+    multiple of BUCKET tokens with `bucket`)."""
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    width = bucketed(width) if bucket else width
     columns = {"input_ids": [], "attention_mask": [], "position_ids": []}
     for row in rows:
         ids = [t for e in row for t in e.input_ids]
@@ -49,8 +56,8 @@ def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "ri
     return batch
 
 
-def collate_padded(examples: list[Example], pad_id: int, padding_side: str = "right") -> dict:
-    return collate_rows([[e] for e in examples], pad_id, padding_side)
+def collate_padded(examples: list[Example], pad_id: int, padding_side: str = "right", bucket: bool = False) -> dict:
+    return collate_rows([[e] for e in examples], pad_id, padding_side, bucket)
 
 
 def pack(examples: list[Example], row_tokens: int) -> list[list[Example]]:
@@ -71,14 +78,44 @@ def pack(examples: list[Example], row_tokens: int) -> list[list[Example]]:
         n_rows += 1
 
 
-def collate_packed(examples: list[Example], pad_id: int, row_tokens: int) -> dict:
-    return collate_rows(pack(examples, row_tokens), pad_id)
+def collate_packed(examples: list[Example], pad_id: int, row_tokens: int, bucket: bool = False) -> dict:
+    return collate_rows(pack(examples, row_tokens), pad_id, bucket=bucket)
+
+
+def micro_batches(step, rank: int, lengths, max_tokens: int, packed: bool = False) -> list[list[int]]:
+    """Rank `rank`'s share of one update (`step`: every rank's example indices, one row per rank) in micro-batches
+    of at most `max_tokens` token slots: padded, rows x the longest row rounded up to BUCKET; packed, the
+    examples' tokens. Longest examples first. Every rank gets as many micro-batches (the most any rank needs, its
+    largest ones split in two) so that FSDP's collectives pair up; the loss weighs each micro-batch by its
+    examples, so the update is the same however they are split."""
+    def cost(batch):
+        return sum(lengths[i] for i in batch) if packed else len(batch) * bucketed(max(lengths[i] for i in batch))
+
+    def split(indices):
+        out = []
+        for i in sorted(indices, key=lambda i: -lengths[i]):
+            if out and cost(out[-1] + [i]) <= max_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
+
+    shares = [split(row.tolist()) for row in step]
+    mine, most = shares[rank], max(len(s) for s in shares)
+    while len(mine) < most:  # every rank has as many examples as the one that needs `most` micro-batches
+        j = max(range(len(mine)), key=lambda j: len(mine[j]))
+        half = len(mine[j]) // 2
+        mine[j:j + 1] = [mine[j][:half], mine[j][half:]]
+    return mine
 
 
 def padding_waste(batches) -> float:
     """Fraction of the batches' token slots that are padding."""
     pads = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
     return pads / sum(b["attention_mask"].numel() for b in batches)
+
+
+BUCKET = 16  # token-budget batches pad their rows to a multiple of this many tokens
 
 
 class BatchSampler:
@@ -130,6 +167,10 @@ class BatchSampler:
     def __iter__(self):
         for s in self.epoch_steps[self.start_step :]:
             yield s[self.rank].tolist()
+
+    def updates(self):
+        """Every rank's indices of each remaining step of the epoch, one (world_size, batch) array per step."""
+        yield from self.epoch_steps[self.start_step :]
 
     def __len__(self):
         return len(self.epoch_steps) - self.start_step

@@ -11,12 +11,15 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from data.batching import (
+    BUCKET,
     BatchSampler,
     Example,
+    bucketed,
     collate_packed,
     collate_padded,
     collate_rows,
     examples,
+    micro_batches,
     pack,
     padding_waste,
 )
@@ -193,3 +196,31 @@ def test_cli_prints_the_waste_of_each_layout(shared, tmp_path, capsys):
     assert "40 examples" in printed and printed.count(f"{waste:5.1f}% padding, {40 * max(lengths)} token slots") == 2
     packed = next(line for line in printed.splitlines() if "packed" in line)
     assert float(packed.split(":")[1].split("%")[0]) < waste
+
+
+def test_a_budget_of_rows_times_length_gives_the_row_count_micro_batches():
+    sampler = BatchSampler([16] * 40, 12, seed=3, world_size=2)
+    for update in sampler.updates():
+        for rank in (0, 1):
+            rows = update[rank].tolist()
+            assert micro_batches(update, rank, [16] * 40, 4 * 16) == [rows[j:j + 4] for j in range(0, len(rows), 4)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=8, max_size=60), st.integers(1, 3), st.integers(48, 200),
+       st.booleans())
+def test_token_budget_micro_batches_fit_the_budget_and_pair_up_across_ranks(lengths, world, budget, packed):
+    sampler = BatchSampler(lengths, 8, seed=0, world_size=world)
+    for update in sampler.updates():
+        shares = [micro_batches(update, r, lengths, budget, packed) for r in range(world)]
+        assert len({len(s) for s in shares}) == 1  # every rank as many forward/backward passes
+        for rank, share in enumerate(shares):
+            assert sorted(i for part in share for i in part) == sorted(update[rank].tolist()) and all(share)
+            for part in share:
+                slots = sum(lengths[i] for i in part) if packed else len(part) * bucketed(max(lengths[i] for i in part))
+                assert slots <= budget or len(part) == 1
+
+
+def test_bucketed_batches_pad_to_a_multiple_of_the_bucket():
+    batch = collate_padded(make([3, 17, 5]), PAD, bucket=True)
+    assert batch["input_ids"].shape == (3, 2 * BUCKET) and bucketed(17) == 32 and bucketed(16) == 16

@@ -331,3 +331,29 @@ def test_a_batch_mixing_tasks_lowers_both_tasks_loss(tmp_path):
         p.name for p in (Path(cfg.run_dir) / "checkpoints").iterdir())[-1])
     after = task_losses(after_model)
     assert after["QC"] < before["QC"] and after["QI"] < before["QI"], (before, after)
+
+
+def test_token_budget_micro_batches_make_the_same_updates_and_resume_exactly(tmp_path):
+    rows = tiny_config(tmp_path, "rows", batch_size=4, grad_accum=2, max_steps=4, save_every=1)
+    train(rows)
+    for budget in (96, 128):  # rows of <= 16 tokens: micro-batches of 6 + 2 or 8 examples, not the 4 + 4 by count
+        tokens = tiny_config(tmp_path, f"tokens{budget}", batch_size=4, grad_accum=2, max_steps=4, save_every=1)
+        tokens.data.max_tokens = budget
+        train(tokens)
+        want, got = final_weights(rows.run_dir), final_weights(tokens.run_dir)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)  # summed in another order
+    killed = tmp_path / "killed"
+    shutil.copytree(tokens.run_dir, killed)
+    for ckpt in (killed / "checkpoints").glob("step-*"):
+        if int(ckpt.name[5:]) > 2:
+            shutil.rmtree(ckpt)
+    resumed = tiny_config(tmp_path, "killed", batch_size=4, grad_accum=2, max_steps=4, save_every=1)
+    resumed.data.max_tokens, resumed.resume = 128, True
+    train(resumed)
+    want, got = final_weights(tokens.run_dir), final_weights(killed)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    small = tiny_config(tmp_path, "small")
+    small.data.max_tokens = 8
+    with pytest.raises(ConfigError, match=r"data.max_tokens must hold one example of data.max_length=16 \(16 token"):
+        train(small)

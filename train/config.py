@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 import yaml
 
+from data.batching import bucketed
 from model.lora import DEFAULT_TARGETS
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}  # model.dtype -> torch dtype
@@ -51,6 +52,7 @@ class DataSection:
     split_seed: int = 0
     max_length: int = 256
     packing: bool = False
+    max_tokens: int = 0  # > 0: micro-batches by token budget (data/batching.micro_batches), not train.batch_size
     lowercase: bool = True
     template: Literal["plain", "question"] = "plain"  # question: ends in "... relevant to the query? Answer:"
 
@@ -129,6 +131,10 @@ class RunConfig:
         if any(not group for group in self.data.held_out_languages) or len(set(languages)) < len(languages):
             raise ConfigError(f"data.held_out_languages: each group needs languages, each language in one group, "
                               f"got {self.data.held_out_languages}")
+        longest = bucketed(self.data.max_length)
+        if self.data.max_tokens and self.data.max_tokens < longest:
+            raise ConfigError(f"data.max_tokens must hold one example of data.max_length={self.data.max_length} "
+                              f"({longest} token slots), got {self.data.max_tokens}")
         if t.class_weights and len(t.class_weights) != 2:
             raise ConfigError(f"train.class_weights needs 2 values (negative, positive), got {t.class_weights}")
 
@@ -142,7 +148,8 @@ BELOW_ONE = (lambda v: 0 <= v < 1, "in [0, 1)")
 RANGES = {
     LoraSection: {"r": AT_LEAST_ONE, "alpha": POSITIVE, "dropout": BELOW_ONE},
     DataSection: {"fold": (lambda v: v >= -1, ">= -1"), "n_folds": (lambda v: v >= 2, ">= 2"),
-                  "max_length": (lambda v: v >= 8, ">= 8"), "group_levels": AT_LEAST_ONE, "split_seed": NON_NEGATIVE},
+                  "max_length": (lambda v: v >= 8, ">= 8"), "group_levels": AT_LEAST_ONE, "split_seed": NON_NEGATIVE,
+                  "max_tokens": NON_NEGATIVE},
     TrainSection: {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "epochs": AT_LEAST_ONE,
                    "max_steps": (lambda v: v >= 0, ">= 0 (0: no cap)"), "batch_size": AT_LEAST_ONE,
                    "grad_accum": AT_LEAST_ONE, "eval_batch_size": AT_LEAST_ONE, "clip": (NON_NEGATIVE[0], ">= 0 (0: "

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data.batching import BatchSampler, collate_packed, collate_padded, examples
+from data.batching import BatchSampler, collate_packed, collate_padded, examples, micro_batches
 from data.folds import default_language_groups, split_rows
 from data.inputs import answer_token_ids, encode, model_family, pad_token_id
 from data.records import Record, read_records
@@ -295,15 +295,17 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                   weight_decay=t.weight_decay)
     per_rank = t.batch_size * t.grad_accum
-    sampler = BatchSampler([len(e.input_ids) for e in train_set], per_rank, seed=t.seed, rank=d.rank,
+    lengths = [len(e.input_ids) for e in train_set]
+    sampler = BatchSampler(lengths, per_rank, seed=t.seed, rank=d.rank,
                            world_size=d.world_size, drop_last=True)
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(train_set)} training examples are fewer than one optimizer step "
                          f"(batch_size x grad_accum x ranks = {per_rank * d.world_size})")
     total = t.max_steps or t.epochs * steps_per_epoch
-    collate = (lambda b: collate_packed(b, pad_id, cfg.data.max_length)) if cfg.data.packing else \
-        (lambda b: collate_padded(b, pad_id))
+    bucket = bool(cfg.data.max_tokens)  # token-budget batches: widths rounded up to few shapes
+    collate = (lambda b: collate_packed(b, pad_id, cfg.data.max_length, bucket)) if cfg.data.packing else \
+        (lambda b: collate_padded(b, pad_id, bucket=bucket))
 
     torch.manual_seed(t.seed + 1 + d.rank)  # dropout differs between ranks
     state = {"step": 0, "best_f1": -1.0, "best_step": 0, "global_batch": per_rank * d.world_size}
@@ -356,12 +358,15 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
         epoch, position = divmod(step, steps_per_epoch)
         while step < total:
             sampler.set_epoch(epoch, position)
-            for indices in sampler:
+            for update in sampler.updates():
                 lr = lr_at(step, total, t)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                micro = [collate([train_set[i] for i in indices[j:j + t.batch_size]])
-                         for j in range(0, len(indices), t.batch_size)]
+                indices = update[d.rank].tolist()
+                parts = micro_batches(update, d.rank, lengths, cfg.data.max_tokens, cfg.data.packing) \
+                    if cfg.data.max_tokens else [indices[j:j + t.batch_size] for j in range(0, len(indices),
+                                                                                             t.batch_size)]
+                micro = [collate([train_set[i] for i in part]) for part in parts]
                 try:
                     loss, norm, step_tokens = train_step(model, optimizer, micro, cfg, d)
                 except FloatingPointError as e:
