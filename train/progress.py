@@ -5,6 +5,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from train.rundir import write_atomic
+
 
 class Progress:
     """One line rewritten in place on a terminal (a new line every 1% of the run when output is a file)."""
@@ -41,7 +43,7 @@ class MetricsLog:
         """Drop lines logged after `step` (a resumed run redoes those steps)."""
         if self.path.exists():
             keep = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            write_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def append(self, **record) -> None:
         with self.path.open("a") as f:
@@ -71,7 +73,7 @@ def plot(metrics_log: MetricsLog, run_dir) -> str:
     """metrics.txt (text_curve) and, with matplotlib, metrics.png of the training loss and validation loss / F1 /
     AUC in `run_dir`; returns what was written."""
     rows, run_dir = metrics_log.read(), Path(run_dir)
-    (run_dir / "metrics.txt").write_text(text_curve(rows))
+    write_atomic(run_dir / "metrics.txt", text_curve(rows))
     try:
         import matplotlib
     except ImportError:

@@ -10,6 +10,7 @@ from pathlib import Path
 from data.folds import assign_folds, fold_stats
 from data.records import read_records
 from train.cli import run_command
+from train.rundir import write_atomic
 
 
 def _main(argv) -> int:
@@ -27,7 +28,7 @@ def _main(argv) -> int:
     print(table)
     out = args.out or args.file.with_name(args.file.name + ".folds.json")
     params = {"folds": args.folds, "levels": args.levels, "seed": args.seed, "top_level": args.top_level}
-    out.write_text(json.dumps({**params, "assignment": {r.id: f for r, f in zip(records, folds)}}) + "\n")
+    write_atomic(out, json.dumps({**params, "assignment": {r.id: f for r, f in zip(records, folds)}}) + "\n")
     print(f"wrote {out}")
     return 0
 
