@@ -1,7 +1,13 @@
 """The benchmark compares like with like: every configuration trains on the same examples, in its own batches."""
 import argparse
+import json
 
-from train.commands.benchmark import CONFIGS, MEGABATCH, batches
+from tokenizers import Tokenizer
+
+from model import Decoder, ModelConfig
+from train.commands.benchmark import CONFIGS, MEGABATCH, batches, prepare
+
+from fixtures import HF_CONFIG, make_checkpoint
 
 
 def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
@@ -17,3 +23,17 @@ def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
     assert padding["transformers + PEFT"] > 2 * padding["ours, padded"]  # random order pads far more
     rows = {name: sum(len(b["input_ids"]) for b in run) for name, run in runs.items()}
     assert rows["ours, packed"] < rows["ours, padded"] / 2  # packed rows hold several examples
+
+
+def test_a_real_checkpoint_brings_its_own_tokenizer_and_parameter_count(shared, tmp_path):
+    model = make_checkpoint(tmp_path / "ckpt")
+    args = argparse.Namespace(model=model, shared=shared, max_length=128, batch_size=4)
+    params, non_embedding = prepare(args, tmp_path)
+    assert (tmp_path / "model").resolve() == model.resolve()
+    decoder = Decoder(ModelConfig.from_hf(HF_CONFIG))  # the checkpoint's own shape, counted independently
+    head = 2 * HF_CONFIG["hidden_size"]  # the sequence-classification head, counted with the rest
+    assert non_embedding == sum(p.numel() for n, p in decoder.named_parameters() if "embed_tokens" not in n) + head
+    assert params == non_embedding + HF_CONFIG["vocab_size"] * HF_CONFIG["hidden_size"]  # tied embeddings
+    examples = json.loads((tmp_path / "examples.json").read_text())["examples"]
+    vocab = Tokenizer.from_file(str(model / "tokenizer.json")).get_vocab_size()
+    assert len(examples) == MEGABATCH * 4 and all(max(ids) < vocab for _, ids, _ in examples)

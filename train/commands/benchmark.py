@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from data.batching import BatchSampler, Example, collate_packed, collate_padded
-from data.inputs import encode, pad_token_id
+from data.inputs import encode, model_family, pad_token_id
 from data.records import read_records
+from model.loading import read_json
 from model.lora import DEFAULT_TARGETS
 from train.cli import run_command
 
@@ -65,13 +66,18 @@ TOKENIZERS = {"qwen3": ("qwen", "qwen3"), "gemma3_text": ("gemma", "gemma3")}  #
 
 
 def prepare(args, directory: Path):
-    """Save the random checkpoint and the examples' token ids (warmup, then timed) under `directory`."""
+    """Save the examples' token ids (warmup, then timed) and, without --model, the random checkpoint of the shape
+    under `directory` (with --model, directory/model links to it)."""
     import transformers as tf
     from tokenizers import Tokenizer
 
-    shape = SHAPES[args.model_shape]
-    fam, folder = TOKENIZERS[shape["model_type"]]
-    tokenizer_file = args.shared / "tokenizers" / folder / "tokenizer.json"
+    if args.model:
+        model_type = read_json(args.model / "config.json", "--model's config.json")["model_type"]
+        fam, tokenizer_file = model_family(model_type), args.model / "tokenizer.json"
+    else:
+        shape = SHAPES[args.model_shape]
+        fam, folder = TOKENIZERS[shape["model_type"]]
+        tokenizer_file = args.shared / "tokenizers" / folder / "tokenizer.json"
     sample = args.shared / "data" / "qc_sample.jsonl"
     for path in (sample, tokenizer_file):
         if not path.is_file():
@@ -83,6 +89,11 @@ def prepare(args, directory: Path):
     order = np.random.default_rng(0).permutation(len(ids))[: MEGABATCH * args.batch_size]
     data = [[records[i].id, ids[i], records[i].label] for i in order]
     (directory / "examples.json").write_text(json.dumps({"pad": pad, "examples": data}))
+    if args.model:
+        (directory / "model").symlink_to(args.model.resolve())
+        model = tf.AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+        non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+        return sum(p.numel() for p in model.parameters()), non_embedding
     torch.manual_seed(0)
     config = tf.AutoConfig.for_model(**shape, num_labels=2, pad_token_id=pad)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -200,7 +211,8 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
             return "-"
         per = (r["seconds"], base["seconds"]) if key == "examples" else (1, 1)
         return f"{(r[key] / per[0]) / (base[key] / per[1]):.2f}x"
-    lines = [f"{args.model_shape}: {params / 1e6:.1f}M parameters ({non_embedding / 1e6:.1f}M without embeddings), "
+    lines = [f"{args.model or args.model_shape}: {params / 1e6:.1f}M parameters ({non_embedding / 1e6:.1f}M without "
+             f"embeddings), "
              f"{device}, {'bf16 autocast' if cuda else 'float32'}, {args.batch_size} examples per step, "
              f"{args.steps} timed steps after {args.warmup}, fastest of {args.repeats} runs, torch {torch.__version__}",
              f"memory in MiB: peak {'GPU memory allocated' if cuda else 'resident set (RSS)'} of the whole process "
@@ -223,6 +235,8 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m train.commands.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--model-shape", choices=list(SHAPES), default="qwen3-tiny")
+    parser.add_argument("--model", type=Path, help="a Hugging Face checkpoint directory (real weights and its own "
+                        "tokenizer) instead of a random one of --model-shape")
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, round-robin; the "
                         "fastest counts (other processes on the machine only ever slow a run down)")
@@ -249,7 +263,8 @@ def main(argv=None):
         for name in [name for _ in range(args.repeats) for name in args.configs]:  # round-robin
             command = [sys.executable, "-m", "train.commands.benchmark", "--child", tmp, "--configs", name] + [
                 f"--{k.replace('_', '-')}={getattr(args, k)}"
-                for k in ("model_shape", "steps", "warmup", "batch_size", "max_length", "threads", "device")]
+                for k in ("model_shape", "steps", "warmup", "batch_size", "max_length", "threads", "device")] + (
+                ["--model", str(args.model)] if args.model else [])
             out = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its stderr shows as it runs
             if out.returncode:
                 print(f"{name}: failed with exit status {out.returncode}", file=sys.stderr)
