@@ -88,13 +88,13 @@ def micro_batches(step, rank: int, lengths, max_tokens: int, packed: bool = Fals
     examples' tokens. Longest examples first. Every rank gets as many micro-batches (the most any rank needs, its
     largest ones split in two) so that FSDP's collectives pair up; the loss weighs each micro-batch by its
     examples, so the update is the same however they are split."""
-    def cost(batch):
-        return sum(lengths[i] for i in batch) if packed else len(batch) * bucketed(max(lengths[i] for i in batch))
+    def slots(batch):  # longest first: a padded batch is as wide as its first example
+        return sum(lengths[i] for i in batch) if packed else len(batch) * bucketed(lengths[batch[0]])
 
     def split(indices):
         out = []
         for i in sorted(indices, key=lambda i: -lengths[i]):
-            if out and cost(out[-1] + [i]) <= max_tokens:
+            if out and slots(out[-1] + [i]) <= max_tokens:
                 out[-1].append(i)
             else:
                 out.append([i])

@@ -86,8 +86,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
-        qk_norm = (lambda: RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset)) if cfg.qk_norm else (lambda: None)
-        self.q_norm, self.k_norm = qk_norm(), qk_norm()
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset) if cfg.qk_norm else None
 
     def forward(self, x, rope, mask, cache: KVCache | None = None):
         B, T, _ = x.shape

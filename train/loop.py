@@ -362,10 +362,11 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
                 lr = lr_at(step, total, t)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                indices = update[d.rank].tolist()
-                parts = micro_batches(update, d.rank, lengths, cfg.data.max_tokens, cfg.data.packing) \
-                    if cfg.data.max_tokens else [indices[j:j + t.batch_size] for j in range(0, len(indices),
-                                                                                             t.batch_size)]
+                if cfg.data.max_tokens:
+                    parts = micro_batches(update, d.rank, lengths, cfg.data.max_tokens, cfg.data.packing)
+                else:
+                    rows = update[d.rank].tolist()
+                    parts = [rows[j:j + t.batch_size] for j in range(0, len(rows), t.batch_size)]
                 micro = [collate([train_set[i] for i in part]) for part in parts]
                 try:
                     loss, norm, step_tokens = train_step(model, optimizer, micro, cfg, d)
