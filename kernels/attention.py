@@ -65,6 +65,16 @@ def dense_mask(ids, window: int | None = None, num_queries: int | None = None):
     return (allowed | (distance == 0))[:, None]
 
 
+def query_mask(ids, rows, cols, window: int | None = None):
+    """Boolean (N, 1, 1, S) mask of the N single queries at (rows, cols) of ids (B, S) over their own row's keys:
+    the rows of dense_mask for those queries (their own example, causal, within the window)."""
+    distance = cols[:, None] - torch.arange(ids.shape[1], device=ids.device)
+    allowed = (ids[rows] == ids[rows, cols][:, None]) & (distance >= 0)
+    if window:
+        allowed &= distance < window
+    return allowed[:, None, None]
+
+
 def block_mask(ids, window: int | None = None) -> BlockMask:
     """FlexAttention's block-sparse form of dense_mask (queries = keys), for the layout `flex` runs it in: the
     batch as one row of B*T tokens padded to `flex_length(B*T)`. Fully masked blocks (across rows, padding) are

@@ -45,9 +45,9 @@ class SequenceClassifier(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        rows, cols = last_token_index(attention_mask)
-        return self.score(hidden[rows, cols].to(self.score.weight.dtype))
+        pooled = last_token_index(attention_mask)
+        hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, pooled=pooled)
+        return self.score(hidden.to(self.score.weight.dtype))
 
 
 def batch_logits(model, batch: dict, device, bf16: bool) -> torch.Tensor:

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from kernels import apply_rotary, attention, example_mask, gated_act, rms_norm
+from kernels import apply_rotary, attention, example_mask, gated_act, query_mask, rms_norm
 from model.config import ModelConfig
 
 
@@ -89,19 +89,24 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.norm_offset) if cfg.qk_norm else None
 
-    def forward(self, x, rope, mask, cache: KVCache | None = None):
+    def forward(self, x, rope, mask, cache: KVCache | None = None, pooled=None):
+        """x (B, T, hidden) -> (B, T, hidden); with `pooled` (rows, cols) and its query_mask, the outputs of
+        those N tokens only, (N, 1, hidden): keys and values come from every token, queries from those alone."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        xq = x if pooled is None else x[pooled][:, None]
+        q = self.q_proj(xq).view(xq.shape[0], xq.shape[1], self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q, *rope).transpose(1, 2)
+        q = apply_rotary(q, *(r if pooled is None else r[pooled][:, None] for r in rope)).transpose(1, 2)
         k = apply_rotary(k, *rope).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
+        if pooled is not None:  # each query sees its own row's keys
+            k, v = k[pooled[0]], v[pooled[0]]
         out = attention(q, k, v, mask, self.scale, self.softcap)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(xq.shape[0], xq.shape[1], -1))
 
 
 class MLP(nn.Module):
@@ -128,11 +133,15 @@ class Block(nn.Module):
         if cfg.sandwich_norm:
             self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
 
-    def forward(self, x, rope, mask, cache=None):
+    def forward(self, x, rope, mask, cache=None, pooled=None):
+        """With `pooled` (rows, cols), the block's output at those tokens only, (N, 1, hidden)."""
+        attended = self.self_attn(self.input_layernorm(x), rope, mask, cache, pooled)
+        if pooled is not None:
+            x = x[pooled][:, None]
         if self.sandwich:
-            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, mask, cache))
+            x = x + self.post_attention_layernorm(attended)
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
+        x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -145,10 +154,13 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None,
+                pooled=None):
         """Final hidden states (B, T, hidden_size) after the last norm.
 
-        With a cache (generation), `attention_mask` covers the cached tokens and the T new ones.
+        With a cache (generation), `attention_mask` covers the cached tokens and the T new ones. With `pooled`
+        (rows, cols) of N tokens (a classifier's last tokens), the final hidden states of those only, (N,
+        hidden_size): the last block computes its queries, MLP and norm for them alone, the same numbers less work.
         """
         cfg = self.config
         T = input_ids.shape[1]
@@ -163,7 +175,11 @@ class Decoder(nn.Module):
         ropes = {"full_attention": global_rope, "sliding_attention": global_rope}
         if cfg.rope_local_theta:
             ropes["sliding_attention"] = rotary(position_ids, cfg.head_dim, cfg.rope_local_theta, 1.0)
-        for layer, kind in zip(self.layers, cfg.layer_types):
+        last = cfg.num_layers - 1 if pooled is not None else None
+        for i, (layer, kind) in enumerate(zip(self.layers, cfg.layer_types)):
+            if i == last:
+                window = cfg.sliding_window if kind == "sliding_attention" else None
+                return self.norm(layer(x, ropes[kind], query_mask(mask, *pooled, window), None, pooled)[:, 0])
             x = layer(x, ropes[kind], masks[kind], cache)
         return self.norm(x)
 

@@ -1,4 +1,6 @@
 """The classifier against transformers' *ForSequenceClassification; pooling of padded and packed rows; training."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from model.classifier import classification_loss, last_token_index, lm_head_rows
 from model.decoder import positions_from_mask
 from model.lora import add_lora
 
+from fixtures import randomize_trainable
 from hf_tiny import CONFIGS, FAMILIES, padded_batch, randomize, save_tiny
 
 T = 11
@@ -58,6 +61,36 @@ def test_packed_rows_equal_examples_run_alone(pair):
     got = ours(ids, mask)
     assert got.shape == (4, 2)
     assert (got - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("layout", ["right", "left", "packed"])
+def test_last_block_for_the_pooled_tokens_only_changes_no_number(pair, layout):
+    """The classifier runs its last block's queries, MLP and final norm for the pooled tokens alone; the logits and
+    the LoRA and head gradients are those of running it for every token and picking the pooled ones after."""
+    model = copy.deepcopy(pair[1]).train()
+    add_lora(model, r=4, alpha=8)
+    randomize_trainable(model, seed=2)
+    if layout == "packed":
+        ids = padded_batch("none")[0]
+        mask = torch.tensor([[1, 1, 1, 1, 2, 2, 3, 3, 3, 3, 0], [1] * 6 + [2] * 5, [1] * 3 + [0] * 8])
+        ids = ids * (mask > 0)
+    else:
+        ids, mask = padded_batch(layout)
+    labels = torch.tensor([1, 0, 1, 1, 0, 1])[: int((mask.max(1).values).sum())]
+
+    def logits_and_grads(pruned: bool):
+        model.zero_grad()
+        logits = model(ids, mask) if pruned else model.score(model.model(ids, mask)[last_token_index(mask)])
+        classification_loss(logits, labels).backward()
+        return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    want, want_grads = logits_and_grads(False)
+    got, got_grads = logits_and_grads(True)
+    assert got.shape == (len(labels), 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got_grads.keys() == want_grads.keys() and any(n.endswith("lora_A") for n in got_grads)
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_last_token_index_orders_by_row_then_example():
