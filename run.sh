@@ -24,13 +24,13 @@ setup_env() {
     fi
 }
 
-# CUDA checks for one H100/H200, meant to take under 8 minutes: the attention paths (compiled FlexAttention
+# CUDA checks for one H100/H200, meant to take under 10 minutes: the attention paths (compiled FlexAttention
 # forward and backward against the eager reference, packed against padded logits, float32 and bf16, every
 # family), the Triton kernels and the decoders' bf16 logits against transformers' on the GPU; then the benchmark
-# on random-weight Qwen3-0.6B and gemma-3-1b shapes (bf16 autocast: tokens/s, MFU and peak GPU memory of this
-# project, padded and packed, next to transformers + PEFT). Each step is stopped after 3 minutes; every step runs
-# even if one before it failed, and the exit status says whether all passed. SHARED_DIR holds
-# data/qc_sample.jsonl and tokenizers/{qwen3,gemma3} (default ../shared).
+# on random-weight Qwen3-0.6B and gemma-3-1b shapes (bf16: tokens/s, MFU and peak GPU memory of this project,
+# padded and packed, training and inference, next to transformers + PEFT). The tests are stopped after 3 minutes,
+# each benchmark after 5; every step runs even if one before it failed, and the exit status says whether all
+# passed. SHARED_DIR holds data/qc_sample.jsonl and tokenizers/{qwen3,gemma3} (default ../shared).
 gpu_checks() {
     local shared=${1:-../shared} failed=0 python=${PYTHON:-python3}
     local shapes=("${@:2}")
@@ -42,7 +42,7 @@ print(f'torch {torch.__version__}, triton {triton.__version__}, transformers {tr
     timeout 180 $python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_kernels.py \
         tests/test_decoder.py::test_bfloat16_error_no_larger_than_transformers || failed=1
     for shape in "${shapes[@]}"; do
-        timeout 180 $python -m train.commands.benchmark --model-shape "$shape" --device cuda --batch-size 128 \
+        timeout 300 $python -m train.commands.benchmark --model-shape "$shape" --device cuda --batch-size 128 \
             --warmup 10 --steps 20 --repeats 1 --shared "$shared" || failed=1
     done
     return $failed

@@ -5,7 +5,7 @@ import json
 from tokenizers import Tokenizer
 
 from model import Decoder, ModelConfig
-from train.commands.benchmark import CONFIGS, MEGABATCH, batches, prepare
+from train.commands.benchmark import INFERENCE, MEGABATCH, TRAINING, batches, prepare
 
 from fixtures import HF_CONFIG, make_checkpoint
 
@@ -13,7 +13,7 @@ from fixtures import HF_CONFIG, make_checkpoint
 def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
     data = [[str(i), list(range(1, 2 + i % 37)), i % 2] for i in range(MEGABATCH * 8)]
     args = argparse.Namespace(batch_size=8, warmup=3, steps=10, max_length=128)
-    runs = {name: batches(name, data, 0, args) for name in CONFIGS}
+    runs = {name: batches(name, data, 0, args) for name in TRAINING}
     for name, run in runs.items():
         warmup, timed = run[: args.warmup], run[args.warmup:]
         for part, reference in [(warmup, runs["ours, padded"][:3]), (timed, runs["ours, padded"][3:])]:
@@ -23,6 +23,17 @@ def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
     assert padding["transformers + PEFT"] > 2 * padding["ours, padded"]  # random order pads far more
     rows = {name: sum(len(b["input_ids"]) for b in run) for name, run in runs.items()}
     assert rows["ours, packed"] < rows["ours, padded"] / 2  # packed rows hold several examples
+
+
+def test_inference_predicts_every_example_once_in_length_order_in_the_same_batches_on_both_sides():
+    data = [[str(i), list(range(1, 2 + (i * 7) % 37)), i % 2] for i in range(MEGABATCH * 8)]
+    args = argparse.Namespace(inference_batch_size=64)
+    ours, theirs = (batches(name, data, 0, args) for name in INFERENCE)
+    assert [b["ids"] for b in ours] == [b["ids"] for b in theirs]
+    assert [len(b["ids"]) for b in ours] == [64] * 6 + [16]
+    assert sorted(i for b in ours for i in b["ids"]) == sorted(e[0] for e in data)
+    lengths = [int(n) for b in ours for n in (b["attention_mask"] > 0).sum(1)]
+    assert lengths == sorted(len(e[1]) for e in data)
 
 
 def test_a_real_checkpoint_brings_its_own_tokenizer_and_parameter_count(shared, tmp_path):

@@ -1,14 +1,13 @@
-"""Training speed: this project (padded, packed) against transformers + PEFT, on the same model and examples.
+"""Speed: this project against transformers + PEFT on the same model and examples, training and inference.
 
-    python -m train.commands.benchmark [--model-shape qwen3-tiny] [--steps 12] [--repeats 2] [--batch-size 16]
-        [--device cpu]
+    python -m train.commands.benchmark [--model DIR | --model-shape qwen3-tiny] [--steps 40] [--repeats 2]
+        [--batch-size 16] [--precisions float32 bf16] [--device cpu]
 
-One random-weight checkpoint of the shape, saved once; 50 x batch-size random examples of the QC sample (one
-megabatch of data.BatchSampler), tokenized with the family's tokenizer (max_length 128). Every configuration
-trains LoRA (r 16, alpha 32, dropout 0.05, all projections) and the score head with AdamW, clipping at 1.0, for
-`warmup` steps, then `steps` timed steps; all configurations see the same examples in their warmup and in their
-timed steps. Each runs in its own process, so that peak memory is its own, `repeats` times round-robin; the
-table shows each configuration's fastest run:
+One model: a real Hugging Face checkpoint (--model, with its own tokenizer) or a random-weight one of a shape,
+saved once; 50 x batch-size random examples of the QC sample (one megabatch of data.BatchSampler), max_length 128.
+Training configurations train LoRA (r 16, alpha 32, dropout 0.05, all projections) and the score head with AdamW,
+clipping at 1.0, for `warmup` steps, then `steps` timed steps, all on the same examples in their warmup and in
+their timed steps:
 
     transformers + PEFT      AutoModelForSequenceClassification (SDPA) + get_peft_model; batches in random order
                              padded to their longest row (DataCollatorWithPadding, as HF Trainer does by default)
@@ -17,10 +16,23 @@ table shows each configuration's fastest run:
     ours, packed             the same batches, collate_packed into rows of at most max_length tokens
     ours, packed, compiled   the same with each decoder block compiled (train.compile; with --compile only)
 
-On CPU everything runs in float32 (bf16 matmuls have no hardware support on most CPUs and are slower); on CUDA
-the base weights are bf16 and compute runs under bf16 autocast, LoRA and head weights float32, on both sides.
-Real tokens/s counts non-pad tokens; MFU (CUDA) = 4 x non-embedding parameters x real tokens/s (forward, and
-the input gradients of the backward: frozen weights get none; attention's own FLOPs left out) / peak bf16 FLOP/s.
+Inference configurations predict all the examples, sorted by length, in batches of --inference-batch-size (64),
+under torch.inference_mode, once untimed (warm-up) and once timed, with the LoRA folded into the weights as each
+side's prediction does it (`merge_and_unload` for PEFT):
+
+    transformers + PEFT, inference     the PEFT model of the training configurations
+    ours, inference                    model.adapters.build_classifier, as train/predict.py builds it
+
+Each configuration runs in each precision: float32, and bf16 autocast (LoRA and head weights stay float32). On
+CUDA the base weights are bf16 and only bf16 runs; on a CPU without native bf16 matrix products (AVX512-BF16 or
+AMX) only float32 runs by default, as bf16 products crawl there (--precisions float32 bf16 times them anyway).
+Each run is its own process, so that peak memory is its own, `repeats` times round-robin; the fastest counts.
+Ratios are against transformers + PEFT in its faster precision: "x default" against its random-order batches,
+"x best" against its fastest training configuration (for inference rows both are its inference).
+Real tokens/s counts non-pad tokens. "of peak": model FLOPs (4 x non-embedding parameters x real tokens for
+training: the forward and the input gradients of the backward, frozen weights get no weight gradients; 2 x for
+inference; attention's own FLOPs left out) over the peak of the device in that precision: on CUDA the published
+dense bf16 peak, on CPU the fastest of five (512 x hidden) x (hidden x intermediate) products the run measures.
 """
 import argparse
 import json
@@ -39,9 +51,10 @@ import torch.nn.functional as F
 from data.batching import BatchSampler, Example, collate_packed, collate_padded
 from data.inputs import encode, model_family, pad_token_id
 from data.records import read_records
-from model.loading import read_json
+from model.loading import read_config, read_json
 from model.lora import DEFAULT_TARGETS
 from train.cli import run_command
+from train.distributed import use_bf16
 
 SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's and gemma-3-1b-pt's
     "qwen3-tiny": dict(model_type="qwen3", vocab_size=151936, hidden_size=512, intermediate_size=1536,
@@ -57,8 +70,11 @@ SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's 
                       num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
                       query_pre_attn_scalar=256, sliding_window=512),
 }
-CONFIGS = ["transformers + PEFT", "transformers + PEFT, grouped", "ours, padded", "ours, packed",
-           "ours, packed, compiled"]
+TRAINING = ["transformers + PEFT", "transformers + PEFT, grouped", "ours, padded", "ours, packed",
+            "ours, packed, compiled"]
+INFERENCE = ["transformers + PEFT, inference", "ours, inference"]
+CONFIGS = TRAINING + INFERENCE
+PRECISIONS = ["float32", "bf16"]
 MEGABATCH = 50  # steps whose examples data.BatchSampler sorts by length together (its default)
 LORA = dict(r=16, alpha=32, dropout=0.05, targets=DEFAULT_TARGETS)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
@@ -105,9 +121,14 @@ def prepare(args, directory: Path):
 
 
 def batches(name: str, data: list, pad: int, args) -> list[dict]:
-    """`warmup` then `steps` batches of one training megabatch, length-grouped by data.BatchSampler as in
-    training; the random-order configuration gets the same examples (warmup, then timed) shuffled into batches."""
+    """Training: `warmup` then `steps` batches of one training megabatch, length-grouped by data.BatchSampler as in
+    training; the random-order configuration gets the same examples (warmup, then timed) shuffled into batches.
+    Inference: every example, sorted by length, in batches of inference_batch_size."""
     rows = [Example(*e) for e in data]
+    if name in INFERENCE:
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
+        size = args.inference_batch_size
+        return [collate_padded([rows[i] for i in order[j:j + size]], pad) for j in range(0, len(order), size)]
     steps = list(BatchSampler([len(e.input_ids) for e in rows], args.batch_size, megabatch=MEGABATCH))
     steps = steps[: args.warmup + args.steps]
     if name == "transformers + PEFT":
@@ -120,18 +141,18 @@ def batches(name: str, data: list, pad: int, args) -> list[dict]:
 
 
 def build(name: str, directory: Path, device: str):
-    """(model, forward(batch) -> logits) for a configuration."""
+    """(model, forward(batch) -> logits) for a configuration, in train mode for training, eval for inference."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    inference = name in INFERENCE
     if name.startswith("ours"):
-        from model.classifier import load_classifier
-        from model.lora import add_lora
+        from model.adapters import build_classifier
 
-        model = load_classifier(directory / "model", dtype=dtype, device=device)
-        add_lora(model, LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"])
+        model = build_classifier(directory / "model", LORA["r"], LORA["alpha"], 0.0 if inference else LORA["dropout"],
+                                 LORA["targets"], dtype, device)
         if name.endswith("compiled"):
             for block in model.model.layers:
                 block.compile()
-        return model, lambda b: model(b["input_ids"], b["attention_mask"], b["position_ids"])
+        return model.train(not inference), lambda b: model(b["input_ids"], b["attention_mask"], b["position_ids"])
     import peft
     import transformers as tf
 
@@ -143,45 +164,75 @@ def build(name: str, directory: Path, device: str):
     config = peft.LoraConfig(task_type="SEQ_CLS", r=LORA["r"], lora_alpha=LORA["alpha"],
                              lora_dropout=LORA["dropout"], target_modules=list(LORA["targets"]))
     model = peft.get_peft_model(model, config)
-    return model, lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"].clamp(max=1)).logits
+    if inference:
+        model = model.merge_and_unload()
+    return model.train(not inference), lambda b: model(input_ids=b["input_ids"],
+                                                       attention_mask=b["attention_mask"].clamp(max=1)).logits
 
 
-def run_one(name: str, directory: Path, args) -> dict:
-    """Train `name` in this process; its speed and peak memory."""
+def run_one(name: str, precision: str, directory: Path, args) -> dict:
+    """Run `name` in `precision` in this process; its speed, peak memory and the device's matrix-product peak."""
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = json.loads((directory / "examples.json").read_text())
     all_batches = batches(name, spec["examples"], spec["pad"], args)
     model, forward = build(name, directory, args.device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
-    cuda = args.device == "cuda"
+    cuda, bf16 = args.device == "cuda", precision == "bf16"
     tensors = [{k: v.to(args.device) for k, v in b.items() if k != "ids"} for b in all_batches]
     loaded_peak = peak_memory(cuda)
     reset_peak_memory(cuda)
-    for i, batch in enumerate(tensors):
-        if i == args.warmup:
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        with torch.autocast(args.device, torch.bfloat16, enabled=cuda):
-            logits = forward(batch)
-        F.cross_entropy(logits.float(), batch["labels"]).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    timed = all_batches[args.warmup:]
+    if name in INFERENCE:
+        timed = all_batches
+        with torch.inference_mode(), torch.autocast(args.device, torch.bfloat16, enabled=bf16):
+            for i, batch in enumerate(tensors + tensors):  # all once to warm up, then all timed
+                if i == len(tensors):
+                    start = now(cuda)
+                forward(batch)
+    else:
+        timed = all_batches[args.warmup:]
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+        for i, batch in enumerate(tensors):
+            if i == args.warmup:
+                start = now(cuda)
+            with torch.autocast(args.device, torch.bfloat16, enabled=bf16):
+                logits = forward(batch)
+            F.cross_entropy(logits.float(), batch["labels"]).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    seconds = now(cuda) - start
+    shape = read_config(directory / "model")
     return {
         "examples": sum(len(b["labels"]) for b in timed), "seconds": seconds,
         "tokens": sum(int((b["attention_mask"] > 0).sum()) for b in timed),
         "slots": sum(b["input_ids"].numel() for b in timed),
         "peak_mib": max(loaded_peak, peak_memory(cuda)), "train_peak_mib": peak_memory(cuda),
+        "peak_flops": peak_flops(args.device, bf16, shape.hidden_size, shape.intermediate_size),
     }
+
+
+def now(cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def peak_flops(device: str, bf16: bool, hidden: int, intermediate: int) -> float | None:
+    """FLOP/s: on CUDA the published dense bf16 peak of the GPU (None if unknown); on CPU the fastest of five
+    (512 x hidden) x (hidden x intermediate) products in the precision, on this process's threads."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        return next((f for gpu, f in PEAK_BF16_FLOPS.items() if gpu in name), None)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    x, w = torch.randn(512, hidden, dtype=dtype), torch.randn(intermediate, hidden, dtype=dtype)
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        F.linear(x, w)
+        times.append(time.perf_counter() - start)
+    return 2 * 512 * hidden * intermediate / min(times[1:])
 
 
 def peak_memory(cuda: bool) -> float:
@@ -200,35 +251,41 @@ def reset_peak_memory(cuda: bool):
 
 
 def table(results: dict, params: int, non_embedding: int, args) -> str:
-    """A row per configuration; ratios are against transformers + PEFT in random order."""
+    """A row per configuration and precision; ratios against transformers + PEFT in its faster precision."""
     cuda = args.device == "cuda"
     device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads or torch.get_num_threads()} threads"
-    peak_flops = next((f for name, f in PEAK_BF16_FLOPS.items() if name in device), None)
-    base = results.get(CONFIGS[0])
 
-    def ratio(r, key):  # examples: per second
-        if base is None:
-            return "-"
-        per = (r["seconds"], base["seconds"]) if key == "examples" else (1, 1)
-        return f"{(r[key] / per[0]) / (base[key] / per[1]):.2f}x"
+    def speed(r):
+        return r["examples"] / r["seconds"]
+
+    def fastest(names):
+        return max((speed(r) for (n, _), r in results.items() if n in names), default=None)
+    references = {"default": (fastest(TRAINING[:1]), fastest(INFERENCE[:1])),
+                  "best": (fastest(TRAINING[:2]), fastest(INFERENCE[:1]))}
     lines = [f"{args.model or args.model_shape}: {params / 1e6:.1f}M parameters ({non_embedding / 1e6:.1f}M without "
-             f"embeddings), "
-             f"{device}, {'bf16 autocast' if cuda else 'float32'}, {args.batch_size} examples per step, "
-             f"{args.steps} timed steps after {args.warmup}, fastest of {args.repeats} runs, torch {torch.__version__}",
+             f"embeddings), {device}, {'bf16 weights, ' if cuda else ''}training {args.batch_size} examples per "
+             f"step, {args.steps} timed steps after {args.warmup}; inference in batches of "
+             f"{args.inference_batch_size}; fastest of {args.repeats} runs, torch {torch.__version__}",
              f"memory in MiB: peak {'GPU memory allocated' if cuda else 'resident set (RSS)'} of the whole process "
              f"(loading included), and from the first step on ('steps')",
-             f"{'configuration':<29} {'examples/s':>10} {'tokens/s':>9} {'padding':>7} {'peak':>6} {'steps':>6} "
-             f"{'MFU':>5} {'x examples/s':>12} {'x peak':>6} {'x steps':>7}"]
+             f"{'configuration':<31} {'precision':<9} {'examples/s':>10} {'tokens/s':>9} {'padding':>7} {'peak':>6} "
+             f"{'steps':>6} {'of peak':>7} {'x default':>9} {'x best':>6}"]
+    if args.skipped_bf16:
+        lines.insert(1, "bf16 not run: this CPU has no native bf16 matrix products (AVX512-BF16 or AMX), where they "
+                        "crawl; --precisions float32 bf16 times them anyway")
     for name in args.configs:
-        if name not in results:
-            lines.append(f"{name:<29} failed (its error is printed above)")
-            continue
-        r = results[name]
-        speed, tokens = r["examples"] / r["seconds"], r["tokens"] / r["seconds"]
-        mfu = f"{100 * 4 * non_embedding * tokens / peak_flops:4.1f}%" if peak_flops else "-"
-        lines.append(f"{name:<29} {speed:>10.1f} {tokens:>9.0f} {100 * (1 - r['tokens'] / r['slots']):>6.1f}% "
-                     f"{r['peak_mib']:>6.0f} {r['train_peak_mib']:>6.0f} {mfu:>5} {ratio(r, 'examples'):>12} "
-                     f"{ratio(r, 'peak_mib'):>6} {ratio(r, 'train_peak_mib'):>7}")
+        for precision in args.precisions:
+            if (name, precision) not in results:
+                lines.append(f"{name:<31} {precision:<9} failed (its error is printed above)")
+                continue
+            r = results[(name, precision)]
+            tokens, inference = r["tokens"] / r["seconds"], name in INFERENCE
+            flops = (2 if inference else 4) * non_embedding * tokens
+            of_peak = f"{100 * flops / r['peak_flops']:6.1f}%" if r["peak_flops"] else "-"
+            ratios = [f"{speed(r) / ref[inference]:.2f}x" if ref[inference] else "-" for ref in references.values()]
+            lines.append(f"{name:<31} {precision:<9} {speed(r):>10.1f} {tokens:>9.0f} "
+                         f"{100 * (1 - r['tokens'] / r['slots']):>6.1f}% {r['peak_mib']:>6.0f} "
+                         f"{r['train_peak_mib']:>6.0f} {of_peak:>7} {ratios[0]:>9} {ratios[1]:>6}")
     return "\n".join(lines)
 
 
@@ -237,44 +294,52 @@ def main(argv=None):
     parser.add_argument("--model-shape", choices=list(SHAPES), default="qwen3-tiny")
     parser.add_argument("--model", type=Path, help="a Hugging Face checkpoint directory (real weights and its own "
                         "tokenizer) instead of a random one of --model-shape")
-    parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps")
+    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, round-robin; the "
                         "fastest counts (other processes on the machine only ever slow a run down)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16, help="examples per step")
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per training step")
+    parser.add_argument("--inference-batch-size", type=int, default=64, help="examples per inference batch")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example, and per packed row")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: bf16 on CUDA; float32 and "
+                        "bf16 on a CPU with native bf16 products, float32 alone on others")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[3] / "shared",
                         help="folder with data/qc_sample.jsonl and tokenizers/")
     parser.add_argument("--compile", action="store_true", help="also time 'ours, packed' with compiled blocks")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="default: all but the compiled one")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run one configuration, print JSON
     args = parser.parse_args(argv)
-    args.configs = args.configs or CONFIGS[:5 if args.compile else 4]
+    args.configs = args.configs or [c for c in CONFIGS if args.compile or not c.endswith("compiled")]
+    native = use_bf16("auto", torch.device(args.device))
+    args.skipped_bf16 = args.precisions is None and args.device == "cpu" and not native
+    args.precisions = args.precisions or (["bf16"] if args.device == "cuda" else PRECISIONS[: 1 + native])
     if args.warmup + args.steps > MEGABATCH:
         parser.error(f"warmup + steps must be at most {MEGABATCH} (one megabatch of batches)")
     if args.child:
-        print(json.dumps(run_one(args.configs[0], args.child, args)))
+        print(json.dumps(run_one(args.configs[0], args.precisions[0], args.child, args)))
         return
+    runs = [(name, precision) for name in args.configs for precision in args.precisions]
     with tempfile.TemporaryDirectory() as tmp:
         params, non_embedding = prepare(args, Path(tmp))
         results = {}
-        for name in [name for _ in range(args.repeats) for name in args.configs]:  # round-robin
-            command = [sys.executable, "-m", "train.commands.benchmark", "--child", tmp, "--configs", name] + [
+        for name, precision in [run for _ in range(args.repeats) for run in runs]:  # round-robin
+            command = [sys.executable, "-m", "train.commands.benchmark", "--child", tmp, "--configs", name,
+                       "--precisions", precision] + [
                 f"--{k.replace('_', '-')}={getattr(args, k)}"
-                for k in ("model_shape", "steps", "warmup", "batch_size", "max_length", "threads", "device")] + (
-                ["--model", str(args.model)] if args.model else [])
+                for k in ("model_shape", "steps", "warmup", "batch_size", "inference_batch_size", "max_length",
+                          "threads", "device")] + (["--model", str(args.model)] if args.model else [])
             out = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its stderr shows as it runs
             if out.returncode:
-                print(f"{name}: failed with exit status {out.returncode}", file=sys.stderr)
+                print(f"{name} ({precision}): failed with exit status {out.returncode}", file=sys.stderr)
                 continue
             result = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{name}: {result['seconds']:.1f} s", file=sys.stderr)
-            if name not in results or result["seconds"] < results[name]["seconds"]:
-                results[name] = result
+            print(f"{name} ({precision}): {result['seconds']:.1f} s", file=sys.stderr)
+            if (name, precision) not in results or result["seconds"] < results[(name, precision)]["seconds"]:
+                results[(name, precision)] = result
         print(table(results, params, non_embedding, args))
-    if len(results) < len(args.configs):
+    if len(results) < len(runs):
         sys.exit(1)
 
 
