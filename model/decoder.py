@@ -93,20 +93,18 @@ class Attention(nn.Module):
         """x (B, T, hidden) -> (B, T, hidden); with `pooled` (rows, cols) and its query_mask, the outputs of
         those N tokens only, (N, 1, hidden): keys and values come from every token, queries from those alone."""
         B, T, _ = x.shape
-        xq = x if pooled is None else x[pooled][:, None]
-        q = self.q_proj(xq).view(xq.shape[0], xq.shape[1], self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q, *(r if pooled is None else r[pooled][:, None] for r in rope)).transpose(1, 2)
-        k = apply_rotary(k, *rope).transpose(1, 2)
+        k = apply_rotary(k if self.k_norm is None else self.k_norm(k), *rope).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if pooled is not None:  # each query sees its own row's keys
+        if pooled is not None:  # the pooled tokens' queries, each over its own row's keys
+            x, rope = x[pooled][:, None], [r[pooled][:, None] for r in rope]
             k, v = k[pooled[0]], v[pooled[0]]
+        q = self.q_proj(x).view(*x.shape[:2], self.num_heads, self.head_dim)
+        q = apply_rotary(q if self.q_norm is None else self.q_norm(q), *rope).transpose(1, 2)
         out = attention(q, k, v, mask, self.scale, self.softcap)
-        return self.o_proj(out.transpose(1, 2).reshape(xq.shape[0], xq.shape[1], -1))
+        return self.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
 
 
 class MLP(nn.Module):

@@ -100,6 +100,16 @@ def lora_layers(module: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in module.named_modules() if isinstance(m, LoRALinear)}
 
 
+def merge_for_inference(module: nn.Module) -> int:
+    """Fold the update of every LoRA layer whose base weight is float32 into that weight: one matrix product per
+    projection instead of three, the same numbers to float32 rounding. A bf16 weight stays unmerged (its rounding
+    would eat much of a small update). Returns the number of layers merged."""
+    layers = [layer for layer in lora_layers(module).values() if layer.base.weight.dtype == torch.float32]
+    for layer in layers:
+        layer.merge()
+    return len(layers)
+
+
 def merged_tensors(module: nn.Module):
     """(name, tensor) of module.state_dict() with every LoRALinear folded into plain Linear names (`x.weight`,
     `x.bias`). Lazy, one merged weight at a time; does not modify the module (other tensors are shared)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.lora import DEFAULT_TARGETS, LoRALinear, add_lora, merged_tensors
+from model.lora import DEFAULT_TARGETS, LoRALinear, add_lora, merge_for_inference, merged_tensors
 
 from fixtures import randomize_trainable
 
@@ -98,6 +98,19 @@ def test_add_lora_subset_and_unknown_target():
     assert n == 2 * (16 + 16)
     with pytest.raises(ValueError, match="qproj"):
         add_lora(Block(16), targets=("qproj",))
+
+
+def test_merge_for_inference_folds_float32_layers_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16).to(torch.bfloat16))
+    model[0], model[1] = LoRALinear(model[0], r=4, alpha=8), LoRALinear(model[1], r=4, alpha=8)
+    for layer in model:
+        nn.init.normal_(layer.lora_B)
+    x = torch.randn(3, 16)
+    want = model[0](x)
+    assert merge_for_inference(model) == 1
+    assert model[0].merged and not model[1].merged
+    torch.testing.assert_close(model[0](x), want, atol=1e-5, rtol=0)
 
 
 def test_merged_tensors_loads_into_plain_module_and_leaves_original():

@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from data.records import DataError, read_records
-from model.loading import CheckpointError, file_hash
+from model.loading import CheckpointError, file_hash, read_config
+from model.lora import LoRALinear
 from train.commands.demo import DEMO_DATA, build_model
 from train.commands.predict import main as predict_main
 from train.config import ConfigError, load_config
@@ -154,6 +155,20 @@ def test_cached_probabilities_follow_the_rows_content_not_their_ids(run, model_d
     assert cached(run)["fingerprint"] not in (first["fingerprint"], second["fingerprint"])
     predict(cfg)
     assert cached(run) == first
+
+
+def test_a_float32_fold_predicts_with_its_lora_merged_and_the_unmerged_numbers(run, model_dir, monkeypatch):
+    merged = cached(run)["probabilities"]
+    calls = []
+    monkeypatch.setattr(LoRALinear, "merge", lambda layer: calls.append(layer))  # predict without merging
+    (run / "QC" / "fold0" / "predictions" / "probabilities.json").unlink()
+    predict(load_config(qc_recipe(run, model_dir)))
+    unmerged = cached(run)["probabilities"]
+    assert len(calls) == 7 * read_config(model_dir).num_layers  # every LoRA layer of the fold model
+    assert unmerged.keys() == merged.keys() and max(abs(merged[i] - unmerged[i]) for i in merged) < 1e-6
+    calls.clear()
+    predict(load_config(qc_recipe(run, model_dir), ["model.dtype=bfloat16"]))
+    assert not calls  # a bf16 weight would round the update away: unmerged
 
 
 def test_a_retrained_fold_never_serves_old_probabilities(run, model_dir):

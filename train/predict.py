@@ -21,6 +21,7 @@ from data.records import TARGET_FIELD, DataError, Record, read_rows
 from model.adapters import META, WEIGHTS, build_classifier
 from model.classifier import batch_logits
 from model.loading import file_hash, load_tokenizer, read_json, resolve
+from model.lora import merge_for_inference
 from train.config import DTYPES, RunConfig
 from train.distributed import use_bf16
 from train.rundir import write_atomic
@@ -28,9 +29,10 @@ from train.rundir import write_atomic
 CACHE = "probabilities.json"
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16: bool) -> dict[str, float]:
-    """id -> P(relevant), in batches of similar length (little padding), with a progress line."""
+    """id -> P(relevant), in batches of similar length (little padding), with a progress line; no autograd
+    bookkeeping at all (inference_mode), and the classifier in eval mode draws no dropout."""
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     probs, tty = {}, sys.stderr.isatty()
     for start in range(0, len(order), batch_size):
@@ -58,6 +60,7 @@ def fingerprint(run: RunConfig, best_dir: Path, base: Path, records: list[Record
 
 def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
     """Probabilities of the fold model in run.run_dir/best over `records`, and the model's tuned threshold.
+    A float32 base model gets the LoRA update folded into its weights (model.lora.merge_for_inference).
 
     The config's model.path is the base model (so a moved or downloaded checkpoint works); the one recorded in
     adapters.json is used only when the config names none.
@@ -74,6 +77,7 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
             return cached["probabilities"], info["threshold"]
     classifier = build_classifier(base, info["r"], info["alpha"], 0.0, info["targets"], DTYPES[run.model.dtype],
                                   device, info["num_labels"], adapters=best_dir).eval()
+    merge_for_inference(classifier)
     family = model_family(classifier.model.config.model_type)
     tokenizer = load_tokenizer(base)
     items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True,

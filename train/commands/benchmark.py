@@ -17,8 +17,8 @@ their timed steps:
     ours, packed, compiled   the same with each decoder block compiled (train.compile; with --compile only)
 
 Inference configurations predict all the examples, sorted by length, in batches of --inference-batch-size (64),
-under torch.inference_mode, once untimed (warm-up) and once timed, with the LoRA folded into the weights as each
-side's prediction does it (`merge_and_unload` for PEFT):
+under torch.inference_mode, once untimed (warm-up) and once timed, with the LoRA folded into the weights
+(`merge_and_unload` for PEFT; for ours model.lora.merge_for_inference, as train/predict.py does):
 
     transformers + PEFT, inference     the PEFT model of the training configurations
     ours, inference                    model.adapters.build_classifier, as train/predict.py builds it
@@ -146,9 +146,12 @@ def build(name: str, directory: Path, device: str):
     inference = name in INFERENCE
     if name.startswith("ours"):
         from model.adapters import build_classifier
+        from model.lora import merge_for_inference
 
         model = build_classifier(directory / "model", LORA["r"], LORA["alpha"], 0.0 if inference else LORA["dropout"],
                                  LORA["targets"], dtype, device)
+        if inference:
+            merge_for_inference(model)
         if name.endswith("compiled"):
             for block in model.model.layers:
                 block.compile()
