@@ -261,10 +261,10 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
     def speed(r):
         return r["examples"] / r["seconds"]
 
-    def fastest(names):
+    def fastest(names):  # transformers + PEFT's fastest run among `names`, in either precision
         return max((speed(r) for (n, _), r in results.items() if n in names), default=None)
-    references = {"default": (fastest(TRAINING[:1]), fastest(INFERENCE[:1])),
-                  "best": (fastest(TRAINING[:2]), fastest(INFERENCE[:1]))}
+    inference_ref = fastest(INFERENCE[:1])
+    references = {False: (fastest(TRAINING[:1]), fastest(TRAINING[:2])), True: (inference_ref, inference_ref)}
     lines = [f"{args.model or args.model_shape}: {params / 1e6:.1f}M parameters ({non_embedding / 1e6:.1f}M without "
              f"embeddings), {device}, {'bf16 weights, ' if cuda else ''}training {args.batch_size} examples per "
              f"step, {args.steps} timed steps after {args.warmup}; inference in batches of "
@@ -285,7 +285,7 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
             tokens, inference = r["tokens"] / r["seconds"], name in INFERENCE
             flops = (2 if inference else 4) * non_embedding * tokens
             of_peak = f"{100 * flops / r['peak_flops']:6.1f}%" if r["peak_flops"] else "-"
-            ratios = [f"{speed(r) / ref[inference]:.2f}x" if ref[inference] else "-" for ref in references.values()]
+            ratios = [f"{speed(r) / ref:.2f}x" if ref else "-" for ref in references[inference]]  # default, best
             lines.append(f"{name:<31} {precision:<9} {speed(r):>10.1f} {tokens:>9.0f} "
                          f"{100 * (1 - r['tokens'] / r['slots']):>6.1f}% {r['peak_mib']:>6.0f} "
                          f"{r['train_peak_mib']:>6.0f} {of_peak:>7} {ratios[0]:>9} {ratios[1]:>6}")
