@@ -6,9 +6,14 @@ A batch is a dict:
     position_ids    (B, T) long: 0, 1, 2, ... restarting for each example; 0 on padding
     labels          (N,) long: one per example, row by row then example by example; -1 when unlabelled
     ids             N record ids, in the order of labels
+    suffix_ids      (B, T) long, shared-prefix batches only: 0 on a shared prefix (and padding), j > 0 on the
+                    j-th suffix of the row; position_ids of a suffix continue from the end of its prefix
 A padded batch has one example per row; a packed batch concatenates examples into rows of at most
-`row_tokens` tokens. The model must let a token attend only within its own example and pool the last
-token of each example. `python -m train.commands.padding` prints the padding waste of each layout for a file.
+`row_tokens` tokens. A shared-prefix batch computes once the tokens that examples of one group (Example.group:
+data.inputs.group_key) all begin with: a row holds units, each a prefix followed by the rest (the suffix) of
+every example of its group, and the model pools each suffix's last token. The model must let a token attend
+only within its own example (a suffix: its prefix and itself) and pool the last token of each example.
+`python -m train.commands.padding` prints the padding waste of each layout for a file.
 """
 from dataclasses import dataclass
 
@@ -21,11 +26,38 @@ class Example:
     id: str
     input_ids: list[int]
     label: int | None
+    group: str | None = None  # examples of one group begin with the same tokens (None: a group of its own)
 
 
-def examples(records, token_ids) -> list[Example]:
-    """Pair records with their token ids (from data.inputs.encode); a list of these is a Dataset."""
-    return [Example(r.id, ids, r.label) for r, ids in zip(records, token_ids, strict=True)]
+def examples(records, token_ids, groups=None) -> list[Example]:
+    """Pair records with their token ids (from data.inputs.encode) and group keys (data.inputs.group_key); a list
+    of these is a Dataset."""
+    groups = [None] * len(records) if groups is None else groups
+    return [Example(r.id, ids, r.label, g) for r, ids, g in zip(records, token_ids, groups, strict=True)]
+
+
+Unit = tuple[list[int], list[Example]]  # a prefix and the examples that begin with it, laid out once in a row
+
+
+def shared_units(examples: list[Example]) -> list[Unit]:
+    """The examples as units, groups in order of first appearance: the examples of a group share the tokens they
+    all begin with (at most all but the last token of the shortest); an example alone in its group, or with
+    nothing in common, is a unit of its own with no prefix."""
+    groups = {}
+    for e in examples:
+        groups.setdefault((0, e.id) if e.group is None else (1, e.group), []).append(e)
+    units = []
+    for members in groups.values():
+        n = min(len(e.input_ids) for e in members) - 1 if len(members) > 1 else 0
+        for e in members[1:]:
+            n = next((i for i, (a, b) in enumerate(zip(members[0].input_ids[:n], e.input_ids)) if a != b), n)
+        units += [(members[0].input_ids[:n], members)] if n else [([], [e]) for e in members]
+    return units
+
+
+def unit_tokens(unit: Unit) -> int:
+    prefix, members = unit
+    return len(prefix) + sum(len(e.input_ids) - len(prefix) for e in members)
 
 
 def bucketed(length: int) -> int:
@@ -33,67 +65,86 @@ def bucketed(length: int) -> int:
     return -(-length // BUCKET) * BUCKET
 
 
-def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "right", bucket: bool = False) -> dict:
-    """One row of the batch per list of examples, concatenated and padded to the longest row (rounded up to a
-    multiple of BUCKET tokens with `bucket`)."""
+def collate_rows(rows: list[list[Unit]], pad_id: int, padding_side: str = "right", bucket: bool = False) -> dict:
+    """One row of the batch per list of units, concatenated and padded to the longest row (rounded up to a
+    multiple of BUCKET tokens with `bucket`); suffix_ids only when some unit has a prefix."""
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    width = max(sum(map(unit_tokens, row)) for row in rows)
     width = bucketed(width) if bucket else width
-    columns = {"input_ids": [], "attention_mask": [], "position_ids": []}
+    shared = any(prefix for row in rows for prefix, _ in row)
+    columns = {"input_ids": [], "attention_mask": [], "position_ids": []} | ({"suffix_ids": []} if shared else {})
     for row in rows:
-        ids = [t for e in row for t in e.input_ids]
-        numbers = [k for k, e in enumerate(row, 1) for _ in e.input_ids]
-        positions = [p for e in row for p in range(len(e.input_ids))]
-        n_pad = width - len(ids)
-        for name, values, fill in [("input_ids", ids, pad_id), ("attention_mask", numbers, 0),
-                                   ("position_ids", positions, 0)]:
-            columns[name].append(values + [fill] * n_pad if padding_side == "right" else [fill] * n_pad + values)
+        values = {name: [] for name in columns}
+        suffix = 0
+        for k, (prefix, members) in enumerate(row, 1):
+            spans = [(prefix, 0, 0)] + [(e.input_ids[len(prefix):], (suffix := suffix + 1), len(prefix))
+                                        for e in members]
+            for ids, j, start in spans:
+                values["input_ids"] += ids
+                values["attention_mask"] += [k] * len(ids)
+                values["position_ids"] += range(start, start + len(ids))
+                if shared:
+                    values["suffix_ids"] += [j] * len(ids)
+        n_pad = width - len(values["input_ids"])
+        for name, column in values.items():
+            fill = [pad_id if name == "input_ids" else 0] * n_pad
+            columns[name].append(column + fill if padding_side == "right" else fill + column)
     batch = {name: torch.tensor(values, dtype=torch.long) for name, values in columns.items()}
-    flat = [e for row in rows for e in row]
+    flat = [e for row in rows for _, members in row for e in members]
     batch["labels"] = torch.tensor([-1 if e.label is None else e.label for e in flat], dtype=torch.long)
     batch["ids"] = [e.id for e in flat]
     return batch
 
 
 def collate_padded(examples: list[Example], pad_id: int, padding_side: str = "right", bucket: bool = False) -> dict:
-    return collate_rows([[e] for e in examples], pad_id, padding_side, bucket)
+    return collate_rows([[([], [e])] for e in examples], pad_id, padding_side, bucket)
 
 
-def pack(examples: list[Example], row_tokens: int) -> list[list[Example]]:
-    """Balanced rows of at most row_tokens: longest example first, to the shortest row; starting from the
-    fewest rows the tokens need, one more row until every row fits."""
-    for e in examples:
-        if len(e.input_ids) > row_tokens:
-            raise ValueError(f"example {e.id} has {len(e.input_ids)} tokens, more than row_tokens={row_tokens}")
-    n_rows = -(-sum(len(e.input_ids) for e in examples) // row_tokens)
-    while True:  # ends: with one example per row every row fits
+def pack(units: list[Unit], row_tokens: int) -> list[list[Unit]]:
+    """Balanced rows of at most row_tokens: longest unit first, to the shortest row; starting from the fewest
+    rows the tokens need, one more row until every row fits."""
+    for unit in units:
+        if unit_tokens(unit) > row_tokens:
+            raise ValueError(f"example {unit[1][0].id} has {unit_tokens(unit)} tokens, more than "
+                             f"row_tokens={row_tokens}")
+    n_rows = -(-sum(map(unit_tokens, units)) // row_tokens)
+    while True:  # ends: with one unit per row every row fits
         rows, sizes = [[] for _ in range(n_rows)], [0] * n_rows
-        for e in sorted(examples, key=lambda e: -len(e.input_ids)):
+        for unit in sorted(units, key=lambda u: -unit_tokens(u)):
             i = sizes.index(min(sizes))
-            rows[i].append(e)
-            sizes[i] += len(e.input_ids)
+            rows[i].append(unit)
+            sizes[i] += unit_tokens(unit)
         if max(sizes) <= row_tokens:
             return rows
         n_rows += 1
 
 
 def collate_packed(examples: list[Example], pad_id: int, row_tokens: int, bucket: bool = False) -> dict:
-    return collate_rows(pack(examples, row_tokens), pad_id, bucket=bucket)
+    return collate_rows(pack([([], [e]) for e in examples], row_tokens), pad_id, bucket=bucket)
 
 
-def micro_batches(step, rank: int, lengths, max_tokens: int, packed: bool = False) -> list[list[int]]:
+def collate_shared(examples: list[Example], pad_id: int, bucket: bool = False) -> dict:
+    """Shared-prefix rows: each group's prefix once, then its examples' suffixes; units packed into rows no longer
+    than the longest unit, so a row's attention spans about what its longest group needs."""
+    units = shared_units(examples)
+    return collate_rows(pack(units, max(map(unit_tokens, units))), pad_id, bucket=bucket)
+
+
+def micro_batches(step, rank: int, lengths, max_tokens: int, packed: bool = False,
+                  shared: bool = False) -> list[list[int]]:
     """Rank `rank`'s share of one update (`step`: every rank's example indices, one row per rank) in micro-batches
     of at most `max_tokens` token slots: padded, rows x the longest row rounded up to BUCKET; packed, the
-    examples' tokens. Longest examples first. Every rank gets as many micro-batches (the most any rank needs, its
-    largest ones split in two) so that FSDP's collectives pair up; the loss weighs each micro-batch by its
-    examples, so the update is the same however they are split."""
+    examples' tokens, longest examples first; shared (prefix rows), the examples' own tokens (at least what their
+    rows hold) in the sampler's order, so a group's examples stay together. Every rank gets as many micro-batches
+    (the most any rank needs, its largest ones split in two) so that FSDP's collectives pair up; the loss weighs
+    each micro-batch by its examples, so the update is the same however they are split."""
     def slots(batch):  # longest first: a padded batch is as wide as its first example
-        return sum(lengths[i] for i in batch) if packed else len(batch) * bucketed(lengths[batch[0]])
+        return sum(lengths[i] for i in batch) if packed or shared else len(batch) * bucketed(lengths[batch[0]])
 
     def split(indices):
         out = []
-        for i in sorted(indices, key=lambda i: -lengths[i]):
+        for i in indices if shared else sorted(indices, key=lambda i: -lengths[i]):
             if out and slots(out[-1] + [i]) <= max_tokens:
                 out[-1].append(i)
             else:
@@ -119,22 +170,27 @@ BUCKET = 16  # token-budget batches pad their rows to a multiple of this many to
 
 
 class BatchSampler:
-    """Batches of example indices for one rank: shuffled per (seed, epoch), optionally grouped by length.
+    """Batches of example indices for one rank: shuffled per (seed, epoch), grouped by length or by shared prefix.
 
-    Length grouping sorts the examples of each megabatch (`megabatch` steps of all ranks) by length, so a
-    batch holds examples of similar length; without shuffle the whole epoch is sorted (evaluation). The
+    With `groups` (a group number per example: one shared prefix), batches are drawn from groups, not rows: each
+    group's examples are shuffled and cut into chunks of at most `group_size`, the chunks are shuffled and laid
+    end to end, and consecutive examples make a batch, so a batch holds a few examples of each of several
+    prefixes (without shuffle, each group's examples are consecutive). Otherwise length grouping sorts the
+    examples of each megabatch (`megabatch` steps of all ranks) by length, so a batch holds examples of similar
+    length; without shuffle the whole epoch is sorted (evaluation). The
     epoch's steps are shared out so rank r takes batch r of every step: ranks get disjoint batches and
     the same number of steps. Without drop_last, up to world_size - 1 examples are repeated so that every
     rank gets as many; one step may then have smaller batches. Resume with set_epoch(epoch, start_step).
     """
 
     def __init__(self, lengths, batch_size, seed=0, shuffle=True, group_by_length=True, rank=0, world_size=1,
-                 drop_last=False, megabatch=50):
+                 drop_last=False, megabatch=50, groups=None, group_size=8):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.lengths, self.batch_size, self.seed, self.shuffle = np.asarray(lengths), batch_size, seed, shuffle
         self.group_by_length, self.rank, self.world_size = group_by_length, rank, world_size
         self.drop_last, self.megabatch = drop_last, megabatch
+        self.groups, self.group_size = None if groups is None else np.asarray(groups), group_size
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start_step: int = 0):
@@ -150,7 +206,9 @@ class BatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch])
         n, step = len(self.lengths), self.batch_size * self.world_size
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        if self.group_by_length and n:
+        if self.groups is not None and n:
+            order = self.chunks(order, rng) if self.shuffle else np.argsort(self.groups, kind="stable")
+        elif self.group_by_length and n:
             size = step * self.megabatch if self.shuffle else n
             chunks = [order[i : i + size] for i in range(0, n, size)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
@@ -163,6 +221,15 @@ class BatchSampler:
         if full < len(order):
             steps.append(order[full:].reshape(self.world_size, -1))
         return [steps[i] for i in rng.permutation(len(steps))] if self.shuffle else steps
+
+    def chunks(self, order, rng) -> np.ndarray:
+        """`order` regrouped: each group's examples (in `order`) cut into near-equal chunks of at most group_size,
+        the chunks in random order."""
+        members = {}
+        for i in order.tolist():
+            members.setdefault(self.groups[i], []).append(i)
+        chunks = [c for m in members.values() for c in np.array_split(m, -(-len(m) // self.group_size))]
+        return np.concatenate([chunks[j] for j in rng.permutation(len(chunks))])
 
     def __iter__(self):
         for s in self.epoch_steps[self.start_step :]:

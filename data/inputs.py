@@ -1,7 +1,10 @@
 """Records -> token ids: one template per model family, translation augmentation, truncation.
 
 Part 1 is the query, or `query + " - " + translation` with translation augmentation; part 2 is the
-category path (QC) or item title (QI). The templates, for base (not chat) checkpoints:
+category path (QC) or item title (QI). With `shared_first` (data.share_prefix) the part that rows share comes
+first: the category path of a QC row (then the query), the query of a QI row (as always). Rows whose first
+parts are the same text (`group_key`) begin with the same tokens, the prefix data.batching computes once.
+The templates, for base (not chat) checkpoints:
 
     qwen:   {part 1}\\n{part 2}<|im_end|>           Qwen has no BOS; pad is <|endoftext|>
     gemma:  <bos>{part 1}\\n{part 2}<eos>           pad is <pad>
@@ -12,10 +15,10 @@ transformers' *ForSequenceClassification (which pools the last non-pad token) po
 The question template (`question=True`) asks what the head answers, ending where the LM would answer:
 
     [<bos>]Query: {part 1}\nCategory: {part 2}\nIs this category relevant to the query? Answer:
-                                 (QI: "Product" / "this product")
+                                 (QI: "Product" / "this product"; QC shared first: "Category: ... \nQuery: ...")
 
 and pools that last token, the position where the LM's " yes" / " no" (ANSWERS) would come next; a head
-initialised from those LM-head rows (model.classifier.init_score_from_lm) starts as the LM's own zero-shot
+initialised from those LM-head rows (model.classifier.lm_head_rows) starts as the LM's own zero-shot
 judgement. Rows longer than max_length lose the end of part 2 first, then the end of part 1; the special
 tokens, separator and question always stay.
 """
@@ -73,6 +76,7 @@ QUESTIONS = {  # task -> (before part 1, between the parts, after part 2)
     "QC": ("Query: ", "\nCategory: ", "\nIs this category relevant to the query? Answer:"),
     "QI": ("Query: ", "\nProduct: ", "\nIs this product relevant to the query? Answer:"),
 }
+SHARED_FIRST_QUESTIONS = {"QC": ("Category: ", "\nQuery: ", QUESTIONS["QC"][2]), "QI": QUESTIONS["QI"]}
 ANSWERS = (" no", " yes")  # the LM's answers after "Answer:", in label order (0: irrelevant, 1: relevant)
 
 
@@ -88,28 +92,41 @@ def answer_token_ids(tokenizer: Tokenizer) -> list[int]:
     return ids
 
 
-def first_part(record, translate: bool) -> str:
+def query_part(record, translate: bool) -> str:
     return f"{record.query} - {record.translation}" if translate and record.translation else record.query
 
 
+def parts(record, translate: bool, shared_first: bool = False) -> tuple[str, str]:
+    """(part 1, part 2) of a record's row: query then target, or with `shared_first` a QC row's category first."""
+    query = query_part(record, translate)
+    return (record.target, query) if shared_first and record.task == "QC" else (query, record.target)
+
+
+def group_key(record, translate: bool, shared_first: bool = False) -> str:
+    """Rows with the same key begin with the same tokens (their task's frame and part 1): one shared prefix."""
+    return f"{record.task}\n{parts(record, translate, shared_first)[0]}"
+
+
 def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translate: bool,
-           question: bool = False) -> list[list[int]]:
+           question: bool = False, shared_first: bool = False) -> list[list[int]]:
     """Token ids per record, at most max_length each, each ending in close_token_id(tokenizer, family), or with
     `question` in the question template's last token."""
     tpl = template(family)
     prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
     piece = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
-    frames = {task: [piece(text) for text in texts] for task, texts in QUESTIONS.items()} if question else {}
+    questions = SHARED_FIRST_QUESTIONS if shared_first else QUESTIONS
+    frames = {task: [piece(text) for text in texts] for task, texts in questions.items()} if question else {}
     plain = ([], piece(tpl.separator), [close_token_id(tokenizer, family)])
     longest = max(sum(map(len, frame)) for frame in [plain, *frames.values()])
     if max_length - len(prefix) - longest < 1:
         raise ValueError(f"max_length={max_length} leaves no room for text in the {family} template")
-    queries = tokenizer.encode_batch([first_part(r, translate) for r in records], add_special_tokens=False)
-    targets = tokenizer.encode_batch([r.target for r in records], add_special_tokens=False)
+    texts = [parts(r, translate, shared_first) for r in records]
+    firsts = tokenizer.encode_batch([first for first, _ in texts], add_special_tokens=False)
+    seconds = tokenizer.encode_batch([second for _, second in texts], add_special_tokens=False)
     rows = []
-    for r, q, t in zip(records, queries, targets):
+    for r, a, b in zip(records, firsts, seconds):
         lead, middle, tail = frames[r.task] if question else plain
         budget = max_length - len(prefix) - len(lead) - len(middle) - len(tail)
-        q, t = q.ids[:budget], t.ids[: max(budget - len(q.ids), 0)]
-        rows.append(prefix + lead + q + middle + t + tail)
+        a, b = a.ids[:budget], b.ids[: max(budget - len(a.ids), 0)]
+        rows.append(prefix + lead + a + middle + b + tail)
     return rows

@@ -5,6 +5,11 @@ queries are the last T positions). Which keys a query sees comes from the decode
 padding, k > 0 the k-th example of a row. A query attends causally to the keys of its own example, within
 `window` positions when set; a padding query attends to itself only (its output is never used).
 
+Shared-prefix rows (data.batching) add `suffix` ids (B, S): 0 on a shared prefix, j > 0 on the j-th suffix of
+the row, and their `positions` (B, S). Example k is then a prefix followed by several suffixes; a suffix token
+sees its prefix and its own suffix (causally), never another suffix, and the window counts distance in
+positions (a suffix continues its prefix's positions), so every suffix sees what it would alone.
+
 `attention_mask` picks the cheapest exact form of that mask for `attention`:
 
 | case                                                   | CUDA                      | CPU                   |
@@ -36,16 +41,18 @@ def attention(q, k, v, mask, scale: float, softcap: float | None = None):
                                           enable_gqa=k.shape[1] != q.shape[1])
 
 
-def example_mask(ids, window: int | None = None, num_queries: int | None = None, softcap: float | None = None):
+def example_mask(ids, window: int | None = None, num_queries: int | None = None, softcap: float | None = None,
+                 suffix=None, positions=None):
     """The mask `attention` takes for example ids (B, S) and the last num_queries (default S) queries."""
     T, S = num_queries or ids.shape[1], ids.shape[1]
     if window is not None and window >= S:  # the window reaches back past the first key: it cuts nothing
         window = None
     if T < S:
         return dense_mask(ids, window, T)
-    if window is None and (softcap is None or not ids.is_cuda) and one_example_per_row(ids):
+    if suffix is None and window is None and (softcap is None or not ids.is_cuda) and one_example_per_row(ids):
         return None
-    return block_mask(ids, window) if ids.is_cuda else dense_mask(ids, window, T)
+    return block_mask(ids, window, suffix, positions) if ids.is_cuda else \
+        dense_mask(ids, window, T, suffix, positions)
 
 
 def one_example_per_row(ids) -> bool:
@@ -53,41 +60,50 @@ def one_example_per_row(ids) -> bool:
     return bool((ids <= 1).all() and (ids[:, 1:] <= ids[:, :-1]).all())
 
 
-def dense_mask(ids, window: int | None = None, num_queries: int | None = None):
+def dense_mask(ids, window: int | None = None, num_queries: int | None = None, suffix=None, positions=None):
     """Boolean (B, 1, T, S) mask, True where a query may attend to a key."""
     keys = torch.arange(ids.shape[1], device=ids.device)
     queries = keys[ids.shape[1] - (num_queries or ids.shape[1]):]
-    distance = queries[:, None] - keys[None, :]
+    order = queries[:, None] - keys[None, :]
     same_example = (ids[:, queries, None] == ids[:, None, :]) & (ids[:, None, :] > 0)
-    allowed = same_example & (distance >= 0)
+    allowed = same_example & (order >= 0)
+    if suffix is not None:
+        allowed &= (suffix[:, None, :] == 0) | (suffix[:, queries, None] == suffix[:, None, :])
     if window:
+        distance = order if positions is None else positions[:, queries, None] - positions[:, None, :]
         allowed &= distance < window
-    return (allowed | (distance == 0))[:, None]
+    return (allowed | (order == 0))[:, None]
 
 
-def query_mask(ids, rows, cols, window: int | None = None):
+def query_mask(ids, rows, cols, window: int | None = None, suffix=None, positions=None):
     """Boolean (N, 1, 1, S) mask of the N single queries at (rows, cols) of ids (B, S) over their own row's keys:
     the rows of dense_mask for those queries (their own example, causal, within the window)."""
-    distance = cols[:, None] - torch.arange(ids.shape[1], device=ids.device)
-    allowed = (ids[rows] == ids[rows, cols][:, None]) & (distance >= 0)
+    order = cols[:, None] - torch.arange(ids.shape[1], device=ids.device)
+    allowed = (ids[rows] == ids[rows, cols][:, None]) & (order >= 0)
+    if suffix is not None:
+        allowed &= (suffix[rows] == 0) | (suffix[rows] == suffix[rows, cols][:, None])
     if window:
+        distance = order if positions is None else positions[rows, cols][:, None] - positions[rows]
         allowed &= distance < window
     return allowed[:, None, None]
 
 
-def block_mask(ids, window: int | None = None) -> BlockMask:
+def block_mask(ids, window: int | None = None, suffix=None, positions=None) -> BlockMask:
     """FlexAttention's block-sparse form of dense_mask (queries = keys), for the layout `flex` runs it in: the
     batch as one row of B*T tokens padded to `flex_length(B*T)`. Fully masked blocks (across rows, padding) are
     skipped, and a compiled kernel serves every batch of the same padded length."""
     B, T = ids.shape
     n = flex_length(B * T)
     row = torch.arange(B, device=ids.device)[:, None]
-    flat = F.pad(torch.where(ids > 0, ids + row * (T + 1), 0).flatten(), (0, n - B * T))  # ids unique across rows
+    one_row = lambda x: F.pad(x.flatten(), (0, n - B * T))  # noqa: E731
+    flat = one_row(torch.where(ids > 0, ids + row * (T + 1), 0))  # ids unique across rows
+    sub = one_row(torch.zeros_like(ids) if suffix is None else suffix)
+    pos = one_row(torch.arange(T, device=ids.device).expand(B, T) if positions is None else positions)
     reach = torch.tensor(window or n, device=ids.device)  # a tensor, not a constant: one kernel with or without
 
     def mask_mod(b, h, q, kv):  # no in-place ops: compiled FlexAttention lowers this function to pointwise code
-        allowed = (flat[q] == flat[kv]) & (flat[kv] > 0) & (q >= kv) & (q - kv < reach)
-        return allowed | (q == kv)
+        allowed = (flat[q] == flat[kv]) & (flat[kv] > 0) & (q >= kv) & (pos[q] - pos[kv] < reach)
+        return (allowed & ((sub[kv] == 0) | (sub[kv] == sub[q]))) | (q == kv)
 
     return create_block_mask(mask_mod, 1, None, n, n, device=ids.device)
 

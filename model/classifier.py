@@ -42,18 +42,22 @@ class SequenceClassifier(nn.Module):
         else:
             self.score.weight.copy_(rows)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, position_ids=None, suffix_ids=None) -> torch.Tensor:
+        """One row of logits per example: per example id of attention_mask, or per suffix of shared-prefix rows."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        pooled = last_token_index(attention_mask)
-        hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, pooled=pooled)
+        pooled = last_token_index(attention_mask if suffix_ids is None else suffix_ids)
+        hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, pooled=pooled,
+                            suffix_ids=suffix_ids)
         return self.score(hidden.to(self.score.weight.dtype))
 
 
 def batch_logits(model, batch: dict, device, bf16: bool) -> torch.Tensor:
-    """float32 logits of one batch (data.batching's dict: its input_ids, attention_mask and position_ids go to
-    `device`), under bf16 autocast when asked: the one forward of training, validation and prediction."""
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
+    """float32 logits of one batch (data.batching's dict: its input_ids, attention_mask, position_ids and, for
+    shared-prefix rows, suffix_ids go to `device`), under bf16 autocast when asked: the one forward of training,
+    validation and prediction."""
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids", "suffix_ids")
+              if k in batch}
     with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
         return model(**inputs).float()
 

@@ -6,6 +6,8 @@ map onto `Decoder.state_dict()` by dropping the leading "model.".
 Rows are described by `attention_mask` (B, T) of ints: 0 is padding and k > 0 marks the k-th example of the row.
 An ordinary padded batch has 1 on every real token; a packed row (several examples back to back) reads
 1,1,1,2,2,3,3,0,0. A token attends causally to the tokens of its own example only, so packing needs nothing else.
+Shared-prefix rows add `suffix_ids` (0 on an example's shared prefix, j > 0 on the row's j-th suffix) with their
+`position_ids`: each suffix sees its prefix and itself, at the positions it would have alone (kernels.attention).
 """
 import math
 
@@ -45,18 +47,21 @@ def positions_from_mask(mask):
     return (index - first) * (mask > 0)
 
 
-def layer_masks(mask, sliding_window: int | None, num_queries: int | None = None, softcap: float | None = None):
+def layer_masks(mask, sliding_window: int | None, num_queries: int | None = None, softcap: float | None = None,
+                suffix=None, positions=None):
     """Per kind of layer, what kernels.attention takes: causal, within one example, windowed on sliding layers.
 
-    `mask` covers all S keys (cached ones first); the queries are its last T = num_queries tokens.
-    kernels.example_mask picks the form: None (plain causal), a boolean (B, 1, T, S) mask or a BlockMask.
+    `mask` covers all S keys (cached ones first); the queries are its last T = num_queries tokens; `suffix` and
+    `positions` describe shared-prefix rows. kernels.example_mask picks the form: None (plain causal), a boolean
+    (B, 1, T, S) mask or a BlockMask.
     """
-    full = example_mask(mask, None, num_queries, softcap)
+    full = example_mask(mask, None, num_queries, softcap, suffix, positions)
     if not sliding_window:
         return {"full_attention": full}
     if sliding_window >= mask.shape[1]:  # the window reaches past the first key: the same mask, built once
         return {"full_attention": full, "sliding_attention": full}
-    return {"full_attention": full, "sliding_attention": example_mask(mask, sliding_window, num_queries, softcap)}
+    return {"full_attention": full,
+            "sliding_attention": example_mask(mask, sliding_window, num_queries, softcap, suffix, positions)}
 
 
 class KVCache:
@@ -153,22 +158,26 @@ class Decoder(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None,
-                pooled=None):
+                pooled=None, suffix_ids=None):
         """Final hidden states (B, T, hidden_size) after the last norm.
 
         With a cache (generation), `attention_mask` covers the cached tokens and the T new ones. With `pooled`
         (rows, cols) of N tokens (a classifier's last tokens), the final hidden states of those only, (N,
         hidden_size): the last block computes its queries, MLP and norm for them alone, the same numbers less work.
+        Shared-prefix rows need their `suffix_ids` and `position_ids` (see the module's docstring).
         """
         cfg = self.config
         T = input_ids.shape[1]
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if suffix_ids is not None and (position_ids is None or cache is not None):
+            raise ValueError("shared-prefix rows (suffix_ids) need their position_ids, and no KV cache")
         if position_ids is None:
             position_ids = positions_from_mask(mask)[:, -T:]
         x = self.embed_tokens(input_ids)
         if cfg.embed_scale:  # the scale is rounded to the activation dtype, as in the reference
             x = x * torch.tensor(math.sqrt(cfg.hidden_size), dtype=x.dtype)
-        masks = layer_masks(mask, cfg.sliding_window, T, cfg.attn_softcap)
+        layout = (suffix_ids, None if suffix_ids is None else position_ids)  # how suffixes see their prefix
+        masks = layer_masks(mask, cfg.sliding_window, T, cfg.attn_softcap, *layout)
         global_rope = rotary(position_ids, cfg.head_dim, cfg.rope_theta, cfg.rope_scale)
         ropes = {"full_attention": global_rope, "sliding_attention": global_rope}
         if cfg.rope_local_theta:
@@ -177,7 +186,8 @@ class Decoder(nn.Module):
         for i, (layer, kind) in enumerate(zip(self.layers, cfg.layer_types)):
             if i == last:
                 window = cfg.sliding_window if kind == "sliding_attention" else None
-                return self.norm(layer(x, ropes[kind], query_mask(mask, *pooled, window), None, pooled)[:, 0])
+                pooled_mask = query_mask(mask, *pooled, window, *layout)
+                return self.norm(layer(x, ropes[kind], pooled_mask, None, pooled)[:, 0])
             x = layer(x, ropes[kind], masks[kind], cache)
         return self.norm(x)
 

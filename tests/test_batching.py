@@ -37,7 +37,7 @@ def make(lengths, labels=None):
 
 def test_contract_example_row():
     a, b, c = make([3, 2, 3], [1, 0, None])
-    batch = collate_rows([[a, b, c], [b]], PAD)
+    batch = collate_rows([[([], [a]), ([], [b]), ([], [c])], [([], [b])]], PAD)
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 2, 2, 3, 3, 3], [1, 1, 0, 0, 0, 0, 0, 0]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 0, 0, 0, 0, 0, 0]]
     assert batch["input_ids"].tolist() == [a.input_ids + b.input_ids + c.input_ids, b.input_ids + [PAD] * 6]
@@ -82,11 +82,12 @@ def test_each_example_is_one_contiguous_run_ending_at_its_last_token(lengths, si
 
 def test_pack_fills_few_balanced_rows():
     data = make([5, 4, 4, 3, 3, 3, 2, 1])
-    rows = pack(data, 10)
-    assert sorted(e.id for row in rows for e in row) == sorted(e.id for e in data)
-    assert [sum(len(e.input_ids) for e in row) for row in rows] == [8, 9, 8]
+    units = [([], [e]) for e in data]
+    rows = pack(units, 10)
+    assert sorted(e.id for row in rows for _, [e] in row) == sorted(e.id for e in data)
+    assert [sum(len(e.input_ids) for _, [e] in row) for row in rows] == [8, 9, 8]
     with pytest.raises(ValueError, match="example r0 has 5 tokens, more than row_tokens=4"):
-        pack(data, 4)
+        pack(units, 4)
 
 
 def test_sampler_single_rank_covers_every_example_once_per_epoch():

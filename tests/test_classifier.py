@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 
+from data.batching import Example, collate_padded, collate_shared
 from model import load_pretrained
 from model.classifier import classification_loss, last_token_index, lm_head_rows, load_classifier
 from model.decoder import positions_from_mask
@@ -91,6 +92,46 @@ def test_last_block_for_the_pooled_tokens_only_changes_no_number(pair, layout):
     assert got_grads.keys() == want_grads.keys() and any(n.endswith("lora_A") for n in got_grads)
     for name in want_grads:
         torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def shared_examples() -> list[Example]:
+    """Groups of examples that begin alike (prefixes of 6, 3 and 2 tokens), alone or several in a unit, rows that
+    run past the tiny models' sliding window of 4, and two examples of no group."""
+    gen = torch.Generator().manual_seed(3)
+    tokens = lambda n: torch.randint(1, 97, (n,), generator=gen).tolist()  # noqa: E731
+    out = []
+    for g, (prefix, suffixes) in enumerate(((6, (3, 1, 4)), (3, (2, 5)), (2, (1, 1)), (4, (3,)))):
+        shared = tokens(prefix)
+        out += [Example(f"g{g}s{j}", shared + tokens(n), j % 2, group=f"g{g}") for j, n in enumerate(suffixes)]
+    return out + [Example("alone0", tokens(6), 1), Example("alone1", tokens(2), 0)]
+
+
+def test_shared_prefix_rows_give_every_example_its_own_logits_and_gradients(pair):
+    """A prefix computed once for the examples of its group: the logits and every LoRA and head gradient equal those
+    of the examples in padded rows (dropout 0), for several groups in one row and right padding."""
+    model = copy.deepcopy(pair[1]).train()
+    add_lora(model, r=4, alpha=8, dropout=0.0)
+    randomize_trainable(model, seed=2)
+    data = shared_examples()
+    shared, padded = collate_shared(data, pad_id=0), collate_padded(data, pad_id=0)
+    assert "suffix_ids" in shared and shared["input_ids"].numel() < padded["input_ids"].numel()
+    assert (shared["attention_mask"].max(1).values > 1).any() and (shared["attention_mask"] == 0).any()
+
+    def logits_and_grads(batch):
+        model.zero_grad()
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "suffix_ids") if k in batch}
+        logits = model(**inputs)
+        classification_loss(logits, batch["labels"]).backward()
+        by_id = dict(zip(batch["ids"], logits.detach()))
+        return torch.stack([by_id[e.id] for e in data]), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                          if p.requires_grad}
+
+    want, want_grads = logits_and_grads(padded)
+    got, got_grads = logits_and_grads(shared)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert any(n.endswith("lora_A") for n in got_grads)
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_last_token_index_orders_by_row_then_example():

@@ -52,6 +52,8 @@ class DataSection:
     split_seed: int = 0
     max_length: int = 256
     packing: bool = False
+    share_prefix: bool = False  # shared part first (QC: category path), each shared prefix computed once a batch
+    suffixes_per_prefix: int = 8  # with share_prefix: at most this many examples of one prefix drawn together
     max_tokens: int = 0  # > 0: micro-batches by token budget (data/batching.micro_batches), not train.batch_size
     lowercase: bool = True
     template: Literal["plain", "question"] = "plain"  # question: ends in "... relevant to the query? Answer:"
@@ -131,6 +133,9 @@ class RunConfig:
         if any(not group for group in self.data.held_out_languages) or len(set(languages)) < len(languages):
             raise ConfigError(f"data.held_out_languages: each group needs languages, each language in one group, "
                               f"got {self.data.held_out_languages}")
+        if self.data.share_prefix and self.data.packing:
+            raise ConfigError("data.packing: shared-prefix rows (data.share_prefix) are laid out by their groups; "
+                              "set one of the two")
         longest = bucketed(self.data.max_length)
         if self.data.max_tokens and self.data.max_tokens < longest:
             raise ConfigError(f"data.max_tokens must hold one example of data.max_length={self.data.max_length} "
@@ -149,7 +154,7 @@ RANGES = {
     LoraSection: {"r": AT_LEAST_ONE, "alpha": POSITIVE, "dropout": BELOW_ONE},
     DataSection: {"fold": (lambda v: v >= -1, ">= -1"), "n_folds": (lambda v: v >= 2, ">= 2"),
                   "max_length": (lambda v: v >= 8, ">= 8"), "group_levels": AT_LEAST_ONE, "split_seed": NON_NEGATIVE,
-                  "max_tokens": NON_NEGATIVE},
+                  "max_tokens": NON_NEGATIVE, "suffixes_per_prefix": AT_LEAST_ONE},
     TrainSection: {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "epochs": AT_LEAST_ONE,
                    "max_steps": (lambda v: v >= 0, ">= 0 (0: no cap)"), "batch_size": AT_LEAST_ONE,
                    "grad_accum": AT_LEAST_ONE, "eval_batch_size": AT_LEAST_ONE, "clip": (NON_NEGATIVE[0], ">= 0 (0: "

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data.batching import BatchSampler, collate_packed, collate_padded, examples, micro_batches
+from data.batching import BatchSampler, collate_packed, collate_padded, collate_shared, examples, micro_batches
 from data.folds import default_language_groups, split_rows
-from data.inputs import answer_token_ids, encode, model_family, pad_token_id
+from data.inputs import answer_token_ids, encode, group_key, model_family, pad_token_id
 from data.records import Record, read_records
 from model.adapters import WEIGHTS, build_classifier, trainable_state
 from model.classifier import batch_logits, classification_loss, lm_head_rows
@@ -129,8 +129,9 @@ def load_data(cfg: RunConfig, model_type: str) -> Data:
         train_records, valid_records = records, []
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
-    question = data_cfg.template == "question"
-    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, data_cfg.max_length, True, question))  # noqa: E731
+    question, first = data_cfg.template == "question", data_cfg.share_prefix
+    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, data_cfg.max_length, True, question, first),  # noqa: E731
+                                  [group_key(r, True, first) for r in rs])
     everything = train_records + valid_records
     return Data(encoded(train_records), encoded(valid_records), {r.id: r.language for r in everything},
                 {r.id: r.task for r in everything}, pad_token_id(tokenizer, family), held_out)
@@ -213,10 +214,10 @@ def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
     model.eval()
     valid = data.valid
     sampler = BatchSampler([len(e.input_ids) for e in valid], cfg.train.eval_batch_size, shuffle=False,
-                           rank=d.rank, world_size=d.world_size)
+                           rank=d.rank, world_size=d.world_size, groups=group_numbers(valid))
     rows = []
-    for indices in sampler:
-        batch = collate_padded([valid[i] for i in indices], data.pad_id)
+    for indices in sampler:  # each shared prefix once, whatever the training layout: the same logits, less work
+        batch = collate_shared([valid[i] for i in indices], data.pad_id)
         logits = batch_logits(model, batch, d.device, cfg.train.bf16)
         labels = batch["labels"].to(d.device)
         losses = F.cross_entropy(logits, labels, reduction="none")
@@ -241,6 +242,12 @@ def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
             metrics.update({f"{task}_{k}": v for k, v in part.items() if not k.startswith(PER_LANGUAGE)})
         metrics["task_mean_f1"] = sum(metrics[f"{task}_f1"] for task in tasks) / len(tasks)
     return metrics, dict(zip(ids, probs))
+
+
+def group_numbers(items) -> list[int]:
+    """A number per example, the same for examples of one group (data.batching.Example.group)."""
+    numbers = {}
+    return [numbers.setdefault(e.id if e.group is None else ("group", e.group), len(numbers)) for e in items]
 
 
 def scores(probs, labels, languages, seen) -> dict:
@@ -296,16 +303,22 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
                                   weight_decay=t.weight_decay)
     per_rank = t.batch_size * t.grad_accum
     lengths = [len(e.input_ids) for e in train_set]
-    sampler = BatchSampler(lengths, per_rank, seed=t.seed, rank=d.rank,
-                           world_size=d.world_size, drop_last=True)
+    share = cfg.data.share_prefix
+    sampler = BatchSampler(lengths, per_rank, seed=t.seed, rank=d.rank, world_size=d.world_size, drop_last=True,
+                           groups=group_numbers(train_set) if share else None,
+                           group_size=cfg.data.suffixes_per_prefix)
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(train_set)} training examples are fewer than one optimizer step "
                          f"(batch_size x grad_accum x ranks = {per_rank * d.world_size})")
     total = t.max_steps or t.epochs * steps_per_epoch
     bucket = bool(cfg.data.max_tokens)  # token-budget batches: widths rounded up to few shapes
-    collate = (lambda b: collate_packed(b, pad_id, cfg.data.max_length, bucket)) if cfg.data.packing else \
-        (lambda b: collate_padded(b, pad_id, bucket=bucket))
+    if share:
+        collate = lambda b: collate_shared(b, pad_id, bucket)  # noqa: E731
+    elif cfg.data.packing:
+        collate = lambda b: collate_packed(b, pad_id, cfg.data.max_length, bucket)  # noqa: E731
+    else:
+        collate = lambda b: collate_padded(b, pad_id, bucket=bucket)  # noqa: E731
 
     torch.manual_seed(t.seed + 1 + d.rank)  # dropout differs between ranks
     state = {"step": 0, "best_f1": -1.0, "best_step": 0, "global_batch": per_rank * d.world_size}
@@ -363,7 +376,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 if cfg.data.max_tokens:
-                    parts = micro_batches(update, d.rank, lengths, cfg.data.max_tokens, cfg.data.packing)
+                    parts = micro_batches(update, d.rank, lengths, cfg.data.max_tokens, cfg.data.packing, share)
                 else:
                     rows = update[d.rank].tolist()
                     parts = [rows[j:j + t.batch_size] for j in range(0, len(rows), t.batch_size)]
