@@ -207,7 +207,7 @@ class BatchSampler:
         n, step = len(self.lengths), self.batch_size * self.world_size
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.groups is not None and n:
-            order = self.chunks(order, rng) if self.shuffle else np.argsort(self.groups, kind="stable")
+            order = np.concatenate(self.chunks(order, rng)) if self.shuffle else np.argsort(self.groups, kind="stable")
         elif self.group_by_length and n:
             size = step * self.megabatch if self.shuffle else n
             chunks = [order[i : i + size] for i in range(0, n, size)]
@@ -222,14 +222,13 @@ class BatchSampler:
             steps.append(order[full:].reshape(self.world_size, -1))
         return [steps[i] for i in rng.permutation(len(steps))] if self.shuffle else steps
 
-    def chunks(self, order, rng) -> np.ndarray:
-        """`order` regrouped: each group's examples (in `order`) cut into near-equal chunks of at most group_size,
-        the chunks in random order."""
+    def chunks(self, order, rng) -> list[np.ndarray]:
+        """Each group's examples (in `order`) cut into near-equal chunks of at most group_size, in random order."""
         members = {}
         for i in order.tolist():
             members.setdefault(self.groups[i], []).append(i)
         chunks = [c for m in members.values() for c in np.array_split(m, -(-len(m) // self.group_size))]
-        return np.concatenate([chunks[j] for j in rng.permutation(len(chunks))])
+        return [chunks[j] for j in rng.permutation(len(chunks))]
 
     def __iter__(self):
         for s in self.epoch_steps[self.start_step :]:

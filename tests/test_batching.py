@@ -3,6 +3,7 @@ import json
 from collections import Counter
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from data.batching import (
     collate_packed,
     collate_padded,
     collate_rows,
+    collate_shared,
     examples,
     micro_batches,
     pack,
@@ -225,3 +227,61 @@ def test_token_budget_micro_batches_fit_the_budget_and_pair_up_across_ranks(leng
 def test_bucketed_batches_pad_to_a_multiple_of_the_bucket():
     batch = collate_padded(make([3, 17, 5]), PAD, bucket=True)
     assert batch["input_ids"].shape == (3, 2 * BUCKET) and bucketed(17) == 32 and bucketed(16) == 16
+
+
+def grouped(sizes, prefix: int = 4, suffix: int = 3) -> list[Example]:
+    """Groups of `sizes` examples; those of a group begin with the same `prefix` tokens."""
+    out = []
+    for g, n in enumerate(sizes):
+        head = [1000 + 10 * g + t for t in range(prefix)]
+        out += [Example(f"g{g}e{j}", head + [5000 + 100 * g + 10 * j + t for t in range(suffix + j % 2)], j % 2,
+                        group=f"g{g}") for j in range(n)]
+    return out
+
+
+def test_shared_rows_hold_each_prefix_once_and_every_example_whole():
+    data = grouped([3, 1, 2]) + [Example("x", [7, 8, 9], 1)]
+    batch = collate_shared(data, PAD)
+    ids, mask, pos, sub = (batch[k] for k in ("input_ids", "attention_mask", "position_ids", "suffix_ids"))
+    assert batch["input_ids"].ne(PAD).sum() == (4 + 3 + 4 + 3) + (4 + 3) + (4 + 3 + 4) + 3  # each prefix once
+    assert sorted(batch["ids"]) == sorted(e.id for e in data)
+    by_id = {e.id: e for e in data}
+    assert batch["labels"].tolist() == [by_id[i].label for i in batch["ids"]]
+    rebuilt = []
+    for r in range(len(ids)):
+        for j in sub[r].unique().tolist():
+            if j == 0:
+                continue
+            cols = (sub[r] == j).nonzero().flatten()
+            unit = mask[r, cols[0]]
+            prefix = ((mask[r] == unit) & (sub[r] == 0)).nonzero().flatten()
+            tokens = ids[r, torch.cat([prefix, cols])].tolist()
+            assert cols.tolist() == list(range(int(cols[0]), int(cols[-1]) + 1))  # one contiguous run
+            assert pos[r, torch.cat([prefix, cols])].tolist() == list(range(len(tokens)))  # positions continue
+            rebuilt.append(tokens)
+    assert rebuilt == [by_id[i].input_ids for i in batch["ids"]]  # suffixes in label order, each with its prefix
+    assert (sub[mask == 0] == 0).all() and (ids[mask == 0] == PAD).all()
+
+
+def test_group_sampler_draws_chunks_of_groups_and_covers_every_example():
+    sizes = [1, 2, 5, 9, 17, 3, 1, 1, 4]
+    groups = [g for g, n in enumerate(sizes) for _ in range(n)]
+    sampler = BatchSampler([5] * len(groups), 6, seed=1, groups=groups, group_size=4)
+    order = [i for b in sampler for i in b]
+    assert sorted(order) == list(range(len(groups)))  # every example once
+    chunks = sampler.chunks(np.arange(len(groups)), np.random.default_rng(0))
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(len(groups)))
+    assert all(len({groups[i] for i in c}) == 1 and 1 <= len(c) <= 4 for c in chunks)  # one group, <= group_size
+    assert sorted(len(c) for c in chunks if groups[c[0]] == 4) == [3, 3, 3, 4, 4]  # 17 in near-equal chunks
+    assert order == [i for b in BatchSampler([5] * len(groups), 6, seed=1, groups=groups, group_size=4) for i in b]
+    sampler.set_epoch(1)
+    assert [i for b in sampler for i in b] != order  # reshuffled each epoch
+    evaluation = [i for b in BatchSampler([5] * len(groups), 6, shuffle=False, groups=groups) for i in b]
+    assert [groups[i] for i in evaluation] == sorted(groups)  # without shuffle: each group's examples together
+
+
+def test_shared_micro_batches_keep_the_sampler_order():
+    lengths = [3, 9, 4, 4, 8, 2]
+    step = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    parts = micro_batches(step, 0, lengths, max_tokens=12, shared=True)
+    assert parts == [[0, 1], [2, 3], [4, 5]]  # in order, each at most 12 of the examples' own tokens

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from data import inputs
 from data.folds import assign_folds, default_language_groups, fold_stats, group_key, split_rows
 from data.records import Record, read_records
 from train.commands.folds import main
@@ -66,6 +67,21 @@ def test_guarantees_on_random_records(records, n_folds, levels, seed):
         fold_of_group[group_key(r, levels)].add(f)
     assert all(len(fs) == 1 for fs in fold_of_group.values())
     assert folds == assign_folds(records, n_folds, levels, seed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(record, min_size=8, max_size=60), st.integers(2, 4), st.integers(1, 3), st.booleans())
+def test_a_shared_prefix_never_crosses_the_validation_split(records, n_folds, levels, translate):
+    """The rows that share a prefix in training (data.share_prefix: a QC category path, a QI query) are in one
+    fold, so no prefix is computed for training and validation rows alike."""
+    try:
+        folds = assign_folds(records, n_folds, levels)
+    except ValueError:
+        return
+    fold_of_prefix = defaultdict(set)
+    for r, f in zip(records, folds):
+        fold_of_prefix[inputs.group_key(r, translate, shared_first=True)].add(f)
+    assert all(len(fs) == 1 for fs in fold_of_prefix.values())
 
 
 def test_group_keys():

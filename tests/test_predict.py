@@ -4,9 +4,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
+from data.batching import Example, collate_padded
 from data.records import DataError
-from train.predict import ensemble, submission_text, write_submission
+from model.classifier import batch_logits, load_classifier
+from train.predict import ensemble, probabilities, submission_text, write_submission
+
+from fixtures import make_checkpoint, randomize_trainable
 
 
 def test_mean_ensemble_averages_probabilities_against_each_rows_threshold():
@@ -56,3 +61,20 @@ def test_a_failed_write_leaves_the_previous_submission_whole(tmp_path, monkeypat
     with pytest.raises(OSError, match="No space left"):
         write_submission({"QC": "new qc\n", "QI": "new qi\n"}, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left either
+
+
+def test_grouped_prediction_gives_each_row_its_unshared_probability(tmp_path):
+    """probabilities() lays out each group's shared prefix once; every row's probability is the one its own padded
+    row gives."""
+    classifier = load_classifier(make_checkpoint(tmp_path / "base"))
+    randomize_trainable(classifier, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    tokens = lambda n: torch.randint(1, 60, (n,), generator=gen).tolist()  # noqa: E731
+    items = []
+    for g in range(5):
+        prefix = tokens(3 + g)
+        items += [Example(f"{g}-{j}", prefix + tokens(1 + j), None, group=str(g)) for j in range(g + 1)]
+    got = probabilities(classifier, items, pad_id=0, batch_size=4, device="cpu", bf16=False)
+    want = batch_logits(classifier, collate_padded(items, 0), "cpu", False).softmax(-1)[:, 1].tolist()
+    assert got.keys() == {e.id for e in items}
+    assert [got[e.id] for e in items] == pytest.approx(want, abs=1e-6)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from data.batching import collate_padded, examples
-from data.inputs import encode, model_family, pad_token_id
+from data.batching import collate_shared, examples
+from data.inputs import encode, group_key, model_family, pad_token_id
 from data.records import TARGET_FIELD, DataError, Record, read_rows
 from model.adapters import META, WEIGHTS, build_classifier
 from model.classifier import batch_logits
@@ -31,12 +31,17 @@ CACHE = "probabilities.json"
 
 @torch.inference_mode()
 def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16: bool) -> dict[str, float]:
-    """id -> P(relevant), in batches of similar length (little padding), with a progress line; no autograd
-    bookkeeping at all (inference_mode), and the classifier in eval mode draws no dropout."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    """id -> P(relevant), in batches of whole groups (each shared prefix computed once: data.batching), groups by
+    length (little padding), with a progress line; no autograd bookkeeping at all (inference_mode), and the
+    classifier in eval mode draws no dropout."""
+    size = {}
+    for e in items:
+        size[e.group] = size.get(e.group, 0) + len(e.input_ids)
+    order = sorted(range(len(items)), key=lambda i: (size[items[i].group], items[i].group or "",
+                                                     len(items[i].input_ids)))
     probs, tty = {}, sys.stderr.isatty()
     for start in range(0, len(order), batch_size):
-        batch = collate_padded([items[i] for i in order[start:start + batch_size]], pad_id)
+        batch = collate_shared([items[i] for i in order[start:start + batch_size]], pad_id)
         logits = batch_logits(classifier, batch, device, bf16)
         probs.update(zip(batch["ids"], logits.softmax(-1)[:, 1].tolist()))
         if tty:
@@ -53,7 +58,8 @@ def fingerprint(run: RunConfig, best_dir: Path, base: Path, records: list[Record
         "rows": [[r.id, r.query, r.target, r.translation] for r in records],
         "adapters": [file_hash(best_dir / WEIGHTS), file_hash(best_dir / META)],
         "base": [file_hash(base / "config.json"), file_hash(base / "tokenizer.json"), weights],
-        "settings": [run.data.max_length, run.data.lowercase, run.data.template, run.model.dtype, run.train.bf16],
+        "settings": [run.data.max_length, run.data.lowercase, run.data.template, run.data.share_prefix,
+                     run.model.dtype, run.train.bf16],
     }
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
@@ -80,8 +86,9 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     merge_for_inference(classifier)
     family = model_family(classifier.model.config.model_type)
     tokenizer = load_tokenizer(base)
-    items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True,
-                                     question=run.data.template == "question"))
+    first, question = run.data.share_prefix, run.data.template == "question"
+    items = examples(records, encode(tokenizer, family, records, run.data.max_length, True, question, first),
+                     [group_key(r, True, first) for r in records])
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
     write_atomic(cache, json.dumps({"fingerprint": key, "probabilities": probs}, ensure_ascii=False))
     return probs, info["threshold"]
