@@ -75,19 +75,23 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
                                                                                           abs=1e-6)
 
 
-@pytest.mark.parametrize("capability, flags, expected", [
+@pytest.mark.parametrize("capability, flags, native", [
     ("AVX512", {"avx512f", "avx512_bf16"}, True),
     ("AVX512", {"avx512f", "amx_bf16", "amx_tile"}, True),
     ("AVX512", {"avx512f"}, False),  # AVX512 without bf16 instructions
     ("AVX2", {"avx2", "avx512_bf16"}, False),  # ATEN_CPU_CAPABILITY=avx2 emulates an AVX2 host: its kernels rule
     ("AVX2", {"avx2"}, False),
 ])
-def test_auto_precision_follows_the_cpu(monkeypatch, capability, flags, expected):
+@pytest.mark.parametrize("timed", [(1.0, 0.5), (0.5, 1.0)])  # bf16 faster, bf16 slower (as on some AVX512 hosts)
+def test_auto_precision_is_the_faster_one_where_bf16_is_native(monkeypatch, capability, flags, native, timed):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr("train.distributed.cpu_flags", lambda: flags)
-    cpu = torch.device("cpu")
-    assert use_bf16("auto", cpu) is expected
-    assert use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
+    cpu, asked = torch.device("cpu"), []
+    timings = lambda: asked.append(1) or timed  # noqa: E731
+    assert use_bf16("auto", cpu, timings) is (native and timed[1] < timed[0])
+    assert asked == ([1] if native else [])  # timed only where bf16 products exist
+    assert use_bf16("auto", cpu) is False  # nothing timed: float32
+    assert use_bf16(True, cpu, timings) is True and use_bf16(False, cpu, timings) is False
 
 
 def test_auto_precision_is_bf16_on_a_cuda_device_that_has_it(monkeypatch):

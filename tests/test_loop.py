@@ -19,7 +19,7 @@ from model.adapters import load_adapters
 from train.checkpoint import latest_checkpoint
 from train.config import ConfigError, TrainSection, save_config
 from train.distributed import Dist
-from train.loop import Data, evaluate, load_data, lr_at, run_classifier, train
+from train.loop import Data, evaluate, load_data, lr_at, precision_timings, run_classifier, train
 from train.main import main
 from train.metrics import PER_LANGUAGE
 from train.progress import MetricsLog, plot, text_curve
@@ -357,3 +357,37 @@ def test_token_budget_micro_batches_make_the_same_updates_and_resume_exactly(tmp
     small.data.max_tokens = 8
     with pytest.raises(ConfigError, match=r"data.max_tokens must hold one example of data.max_length=16 \(16 token"):
         train(small)
+
+
+def test_shared_prefix_training_with_a_token_budget_resumes_exactly(tmp_path):
+    """Group-drawn shared-prefix batches (the category path first) train, split by a token budget, and a run
+    killed after step 2 resumes to the uninterrupted run's weights."""
+    def config(run_dir):
+        cfg = tiny_config(tmp_path, run_dir, batch_size=4, grad_accum=2, max_steps=4, save_every=1)
+        cfg.data.share_prefix, cfg.data.suffixes_per_prefix, cfg.data.max_tokens = True, 3, 48
+        return cfg
+
+    whole = config("whole")
+    result = train(whole)
+    assert 0 <= result.metrics["auc"] <= 1 and (Path(whole.run_dir) / "best" / "adapters.json").is_file()
+    killed = tmp_path / "killed"
+    shutil.copytree(whole.run_dir, killed)
+    for ckpt in (killed / "checkpoints").glob("step-*"):
+        if int(ckpt.name[5:]) > 2:
+            shutil.rmtree(ckpt)
+    train(config("killed"))
+    want, got = final_weights(whole.run_dir), final_weights(killed)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    packed = config("packed")
+    packed.data.packing = True
+    with pytest.raises(ConfigError, match="data.packing: shared-prefix rows"):
+        train(packed)
+
+
+def test_precision_timings_time_both_precisions_and_leave_no_gradient(tmp_path):
+    cfg = tiny_config(tmp_path)
+    classifier = run_classifier(cfg, torch.device("cpu"))
+    data = load_data(cfg, classifier.model.config.model_type)
+    float32, bf16 = precision_timings(classifier, collate_padded(data.train[:4], data.pad_id), ONE, repeats=1)
+    assert float32 > 0 and bf16 > 0
+    assert all(p.grad is None for p in classifier.parameters())

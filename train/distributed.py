@@ -28,16 +28,25 @@ def cpu_flags() -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
-def use_bf16(setting, device: torch.device) -> bool:
-    """train.bf16: true / false as set; auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix products
-    (AVX512-BF16 or AMX, used by torch's AVX512 kernels), float32 elsewhere: bf16 products crawl on AVX2."""
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix-product instructions (AVX512-BF16 or AMX) that torch's kernels use. They
+    make bf16 possible, not faster: on some such CPUs bf16 is ~3x float32, on others slower (use_bf16 measures)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512") and bool(
+        {"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def use_bf16(setting, device: torch.device, timings=None) -> bool:
+    """train.bf16: true / false as set; auto: bf16 autocast on a CUDA device that has it; on a CPU, the faster of
+    the two by `timings()` -> (float32 seconds, bf16 seconds) of the same work, float32 without a timing or
+    without native bf16 products (there bf16 crawls: not worth timing)."""
     if setting != "auto":
         return bool(setting)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    native = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and bool(
-        {"avx512_bf16", "amx_bf16"} & cpu_flags())
-    return native
+    if timings is None or not native_bf16():
+        return False
+    float32, bf16 = timings()
+    return bf16 < float32
 
 
 def init_distributed() -> Dist:

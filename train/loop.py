@@ -153,6 +153,38 @@ def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
     return groups
 
 
+def batch_layout(cfg: RunConfig, pad_id: int):
+    """examples -> a training batch: shared-prefix, packed or padded rows (widths rounded up to few shapes with
+    a token budget)."""
+    bucket = bool(cfg.data.max_tokens)
+    if cfg.data.share_prefix:
+        return lambda b: collate_shared(b, pad_id, bucket)
+    if cfg.data.packing:
+        return lambda b: collate_packed(b, pad_id, cfg.data.max_length, bucket)
+    return lambda b: collate_padded(b, pad_id, bucket=bucket)
+
+
+def precision_timings(model, batch: dict, d: Dist, repeats: int = 3) -> tuple[float, float]:
+    """Seconds of a forward and backward of `batch` in float32 and in bf16 autocast, the fastest of `repeats`
+    after a warm-up each, summed over ranks (every rank makes the same choice); logged on rank 0. Leaves no
+    gradient behind."""
+    seconds = []
+    for bf16 in (False, True):
+        runs = []
+        for _ in range(repeats + 1):
+            began = time.perf_counter()
+            batch_logits(model, batch, d.device, bf16).sum().backward()
+            runs.append(time.perf_counter() - began)
+        seconds.append(min(runs[1:]))
+    model.zero_grad(set_to_none=True)
+    float32, bf16 = all_reduce_sum(torch.tensor(seconds, device=d.device), d).tolist()
+    if d.main:
+        logging.getLogger(__name__).info("train.bf16 auto: a step of %d examples took %.3f s in float32, %.3f s in "
+                                         "bf16 autocast on %s", len(batch["ids"]), float32 / d.world_size,
+                                         bf16 / d.world_size, torch.backends.cpu.get_cpu_capability())
+    return float32, bf16
+
+
 def log_precision(bf16: bool, device: torch.device) -> None:
     logging.getLogger(__name__).info("precision: %s on %s", "bf16 autocast" if bf16 else "float32",
                                      torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device)
@@ -289,21 +321,21 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    cfg = replace(cfg, train=replace(cfg.train, bf16=use_bf16(cfg.train.bf16, d.device)))
-    t = cfg.train
-    if d.main:
-        log_precision(cfg.train.bf16, d.device)
     torch.manual_seed(t.seed)  # the same LoRA and head initialisation on every rank
     classifier = run_classifier(cfg, d.device)
     data = load_data(cfg, classifier.model.config.model_type)
     train_set, valid_set, pad_id, held_out = data.train, data.valid, data.pad_id, data.held_out
+    share = cfg.data.share_prefix
+    collate = batch_layout(cfg, pad_id)
+    timings = (lambda: precision_timings(classifier, collate(train_set[:t.batch_size]), d)) if train_set else None
+    cfg = replace(cfg, train=replace(cfg.train, bf16=use_bf16(cfg.train.bf16, d.device, timings)))
+    t = cfg.train
     model = prepare_model(classifier, d, t.bf16, t.activation_checkpointing, t.compile)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                   weight_decay=t.weight_decay)
     per_rank = t.batch_size * t.grad_accum
     lengths = [len(e.input_ids) for e in train_set]
-    share = cfg.data.share_prefix
     sampler = BatchSampler(lengths, per_rank, seed=t.seed, rank=d.rank, world_size=d.world_size, drop_last=True,
                            groups=group_numbers(train_set) if share else None,
                            group_size=cfg.data.suffixes_per_prefix)
@@ -312,14 +344,9 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
         raise ConfigError(f"{len(train_set)} training examples are fewer than one optimizer step "
                          f"(batch_size x grad_accum x ranks = {per_rank * d.world_size})")
     total = t.max_steps or t.epochs * steps_per_epoch
-    bucket = bool(cfg.data.max_tokens)  # token-budget batches: widths rounded up to few shapes
-    if share:
-        collate = lambda b: collate_shared(b, pad_id, bucket)  # noqa: E731
-    elif cfg.data.packing:
-        collate = lambda b: collate_packed(b, pad_id, cfg.data.max_length, bucket)  # noqa: E731
-    else:
-        collate = lambda b: collate_padded(b, pad_id, bucket=bucket)  # noqa: E731
 
+    if d.main:
+        log_precision(t.bf16, d.device)
     torch.manual_seed(t.seed + 1 + d.rank)  # dropout differs between ranks
     state = {"step": 0, "best_f1": -1.0, "best_step": 0, "global_batch": per_rank * d.world_size}
     if resume_from:
@@ -352,7 +379,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
         # held-out languages choose nothing; a joint model is chosen by the competition's mean of the task F1s
         score = metrics.get("task_mean_f1", metrics["seen_f1"] if held_out else metrics["f1"])
         if score > state["best_f1"]:
-            save_best(run_dir / "best", model, d, validation=probs, **best_meta(cfg, step, metrics, state))
+            save_best(run_dir / "best", model, d, validation=probs, **best_meta(cfg, step, metrics, state, d.device))
             state.update(best_f1=score, best_step=step, best=metrics)
         return metrics
 
@@ -408,7 +435,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
     finally:
         stop.restore()
     if not valid_set:
-        save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}, state))
+        save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}, state, d.device))
     if d.main:
         say(plot(metrics_log, run_dir))
     return RunResult(state["best_step"] if "best" in state else step, state.get("best", {}), init=state.get("init"),
@@ -428,9 +455,10 @@ def audit_init(model, init_from) -> dict:
     return {"path": str(path), "sha256": file_hash(path)}
 
 
-def best_meta(cfg: RunConfig, step: int, metrics: dict, state: dict) -> dict:
-    """What a predictor needs next to the weights (save_adapters adds the LoRA settings), and where the run
-    started from (init_from's path and hash)."""
+def best_meta(cfg: RunConfig, step: int, metrics: dict, state: dict, device: torch.device) -> dict:
+    """What a predictor needs next to the weights (save_adapters adds the LoRA settings: the precision the run
+    trained in on its kind of device, too), and where the run started from (init_from's path and hash)."""
     return {"step": step, "base_model": cfg.model.path, "threshold": metrics.get("tuned_threshold", 0.5),
+            "precision": {"device": device.type, "bf16": cfg.train.bf16},
             **({"init": state["init"]} if "init" in state else {}),
             "metrics": metrics}

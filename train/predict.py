@@ -66,14 +66,18 @@ def fingerprint(run: RunConfig, best_dir: Path, base: Path, records: list[Record
 
 def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
     """Probabilities of the fold model in run.run_dir/best over `records`, and the model's tuned threshold.
-    A float32 base model gets the LoRA update folded into its weights (model.lora.merge_for_inference).
+    A float32 base model gets the LoRA update folded into its weights (model.lora.merge_for_inference);
+    train.bf16 auto predicts in the precision the fold's training chose on the same kind of device.
 
     The config's model.path is the base model (so a moved or downloaded checkpoint works); the one recorded in
     adapters.json is used only when the config names none.
     """
-    run = replace(run, train=replace(run.train, bf16=use_bf16(run.train.bf16, torch.device(device))))
     best_dir = Path(run.run_dir) / "best"
     info = read_json(best_dir / META, "adapters.json of a trained fold")
+    trained = info.get("precision", {})  # auto: the precision training measured faster on this kind of device
+    same_kind = trained.get("device") == torch.device(device).type and run.train.bf16 == "auto"
+    bf16 = trained["bf16"] if same_kind else use_bf16(run.train.bf16, torch.device(device))
+    run = replace(run, train=replace(run.train, bf16=bf16))
     base = resolve(run.model.path or info["base_model"])
     key = fingerprint(run, best_dir, base, records)
     cache = Path(run.run_dir) / "predictions" / CACHE

@@ -54,7 +54,7 @@ from data.records import read_records
 from model.loading import read_config, read_json
 from model.lora import DEFAULT_TARGETS
 from train.cli import run_command
-from train.distributed import use_bf16
+from train.distributed import native_bf16
 
 SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's and gemma-3-1b-pt's
     "qwen3-tiny": dict(model_type="qwen3", vocab_size=151936, hidden_size=512, intermediate_size=1536,
@@ -315,7 +315,7 @@ def main(argv=None):
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run one configuration, print JSON
     args = parser.parse_args(argv)
     args.configs = args.configs or [c for c in CONFIGS if args.compile or not c.endswith("compiled")]
-    native = use_bf16("auto", torch.device(args.device))
+    native = native_bf16()
     args.skipped_bf16 = args.precisions is None and args.device == "cpu" and not native
     args.precisions = args.precisions or (["bf16"] if args.device == "cuda" else PRECISIONS[: 1 + native])
     if args.warmup + args.steps > MEGABATCH:
