@@ -4,8 +4,9 @@ import json
 
 from tokenizers import Tokenizer
 
+from data.records import Record
 from model import Decoder, ModelConfig
-from train.commands.benchmark import INFERENCE, MEGABATCH, TRAINING, batches, prepare, table
+from train.commands.benchmark import INFERENCE, MEGABATCH, SHARED, TRAINING, batches, prepare, shared_examples, table
 
 from fixtures import HF_CONFIG, make_checkpoint
 
@@ -13,7 +14,7 @@ from fixtures import HF_CONFIG, make_checkpoint
 def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
     data = [[str(i), list(range(1, 2 + i % 37)), i % 2] for i in range(MEGABATCH * 8)]
     args = argparse.Namespace(batch_size=8, warmup=3, steps=10, max_length=128)
-    runs = {name: batches(name, data, 0, args) for name in TRAINING}
+    runs = {name: batches(name, data, 0, args) for name in TRAINING if name not in SHARED}
     for name, run in runs.items():
         warmup, timed = run[: args.warmup], run[args.warmup:]
         for part, reference in [(warmup, runs["ours, padded"][:3]), (timed, runs["ours, padded"][3:])]:
@@ -28,7 +29,7 @@ def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
 def test_inference_predicts_every_example_once_in_length_order_in_the_same_batches_on_both_sides():
     data = [[str(i), list(range(1, 2 + (i * 7) % 37)), i % 2] for i in range(MEGABATCH * 8)]
     args = argparse.Namespace(inference_batch_size=64)
-    ours, theirs = (batches(name, data, 0, args) for name in INFERENCE)
+    theirs, ours = (batches(name, data, 0, args) for name in INFERENCE if name not in SHARED)
     assert [b["ids"] for b in ours] == [b["ids"] for b in theirs]
     assert [len(b["ids"]) for b in ours] == [64] * 6 + [16]
     assert sorted(i for b in ours for i in b["ids"]) == sorted(e[0] for e in data)
@@ -36,9 +37,25 @@ def test_inference_predicts_every_example_once_in_length_order_in_the_same_batch
     assert lengths == sorted(len(e[1]) for e in data)
 
 
+def test_shared_configurations_draw_groups_and_compute_each_prefix_once():
+    records = [Record(str(i), "QC", "en", f"q{i}", f"path{i % 23}", i % 2, None) for i in range(400)]
+    ids = [[1 + i % 23] * 6 + [100 + i] * (1 + i % 3) for i in range(len(records))]  # 6 tokens of the path first
+    args = argparse.Namespace(batch_size=8, warmup=2, steps=5, inference_batch_size=64)
+    spec = shared_examples(records, ids, 100, args)
+    train, infer = (batches(name, [], 0, args, spec) for name in SHARED)
+    assert len(train) == 7 and all(len(b["ids"]) == 8 for b in train)
+    own = {str(i): len(x) for i, x in enumerate(ids)}
+    for run in (train, infer):
+        computed = sum(int((b["attention_mask"] > 0).sum()) for b in run)
+        assert computed < sum(own[i] for b in run for i in b["ids"])  # prefixes computed once
+    paths = {records[int(i)].target for b in infer for i in b["ids"]}
+    assert sorted(i for b in infer for i in b["ids"]) == sorted(r.id for r in records if r.target in paths)
+    assert sum(len(b["ids"]) for b in infer) >= 100  # whole groups, at least as many examples as asked
+
+
 def test_a_real_checkpoint_brings_its_own_tokenizer_and_parameter_count(shared, tmp_path):
     model = make_checkpoint(tmp_path / "ckpt")
-    args = argparse.Namespace(model=model, shared=shared, max_length=128, batch_size=4)
+    args = argparse.Namespace(model=model, shared=shared, max_length=128, batch_size=4, warmup=1, steps=2)
     params, non_embedding = prepare(args, tmp_path)
     assert (tmp_path / "model").resolve() == model.resolve()
     decoder = Decoder(ModelConfig.from_hf(HF_CONFIG))  # the checkpoint's own shape, counted independently
@@ -52,8 +69,8 @@ def test_a_real_checkpoint_brings_its_own_tokenizer_and_parameter_count(shared, 
 
 def test_ratios_are_against_transformers_in_its_faster_precision():
     def run(seconds):  # 10 examples
-        return {"examples": 10, "seconds": seconds, "tokens": 200, "slots": 210, "peak_mib": 1, "train_peak_mib": 1,
-                "peak_flops": 1e10}
+        return {"examples": 10, "seconds": seconds, "tokens": 200, "own_tokens": 200, "slots": 210, "peak_mib": 1,
+                "train_peak_mib": 1, "peak_flops": 1e10}
     results = {("transformers + PEFT", "float32"): run(5), ("transformers + PEFT", "bf16"): run(4),
                ("transformers + PEFT, grouped", "float32"): run(2), ("ours, padded", "bf16"): run(1),
                ("transformers + PEFT, inference", "bf16"): run(2), ("ours, inference", "float32"): run(1)}

@@ -15,6 +15,9 @@ their timed steps:
     ours, padded             data.BatchSampler's length-grouped batches, collate_padded
     ours, packed             the same batches, collate_packed into rows of at most max_length tokens
     ours, packed, compiled   the same with each decoder block compiled (train.compile; with --compile only)
+    ours, shared             data.share_prefix: the category path first, batches drawn from the whole sample as
+                             the training sampler draws them (chunks of at most 8 examples of one path),
+                             collate_shared computing each prefix once a batch
 
 Inference configurations predict all the examples, sorted by length, in batches of --inference-batch-size (64),
 under torch.inference_mode, once untimed (warm-up) and once timed, with the LoRA folded into the weights
@@ -22,6 +25,8 @@ under torch.inference_mode, once untimed (warm-up) and once timed, with the LoRA
 
     transformers + PEFT, inference     the PEFT model of the training configurations
     ours, inference                    model.adapters.build_classifier, as train/predict.py builds it
+    ours, inference, shared            the same over whole groups of the sample (random paths, all their rows,
+                                       as a test file holds them: as many examples), grouped as predict groups
 
 Each configuration runs in each precision: float32, and bf16 autocast (LoRA and head weights stay float32). On
 CUDA the base weights are bf16 and only bf16 runs; on a CPU without native bf16 matrix products (AVX512-BF16 or
@@ -29,7 +34,8 @@ AMX) only float32 runs by default, as bf16 products crawl there (--precisions fl
 Each run is its own process, so that peak memory is its own, `repeats` times round-robin; the fastest counts.
 Ratios are against transformers + PEFT in its faster precision: "x default" against its random-order batches,
 "x best" against its fastest training configuration (for inference rows both are its inference).
-Real tokens/s counts non-pad tokens. "of peak": model FLOPs (4 x non-embedding parameters x real tokens for
+Real tokens/s counts the non-pad tokens computed; "shared" is the examples' own tokens over those computed
+(1.00x without shared prefixes). "of peak": model FLOPs (4 x non-embedding parameters x real tokens for
 training: the forward and the input gradients of the backward, frozen weights get no weight gradients; 2 x for
 inference; attention's own FLOPs left out) over the peak of the device in that precision: on CUDA the published
 dense bf16 peak, on CPU the fastest of five (512 x hidden) x (hidden x intermediate) products the run measures.
@@ -48,8 +54,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.batching import BatchSampler, Example, collate_packed, collate_padded
-from data.inputs import encode, model_family, pad_token_id
+from data.batching import BatchSampler, Example, collate_packed, collate_padded, collate_shared
+from data.inputs import encode, group_key, model_family, pad_token_id
 from data.records import read_records
 from model.loading import read_config, read_json
 from model.lora import DEFAULT_TARGETS
@@ -71,8 +77,9 @@ SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's 
                       query_pre_attn_scalar=256, sliding_window=512),
 }
 TRAINING = ["transformers + PEFT", "transformers + PEFT, grouped", "ours, padded", "ours, packed",
-            "ours, packed, compiled"]
-INFERENCE = ["transformers + PEFT, inference", "ours, inference"]
+            "ours, packed, compiled", "ours, shared"]
+INFERENCE = ["transformers + PEFT, inference", "ours, inference", "ours, inference, shared"]
+SHARED = ["ours, shared", "ours, inference, shared"]
 CONFIGS = TRAINING + INFERENCE
 PRECISIONS = ["float32", "bf16"]
 MEGABATCH = 50  # steps whose examples data.BatchSampler sorts by length together (its default)
@@ -104,7 +111,9 @@ def prepare(args, directory: Path):
     pad = pad_token_id(tokenizer, fam)
     order = np.random.default_rng(0).permutation(len(ids))[: MEGABATCH * args.batch_size]
     data = [[records[i].id, ids[i], records[i].label] for i in order]
-    (directory / "examples.json").write_text(json.dumps({"pad": pad, "examples": data}))
+    shared = shared_examples(records, encode(tokenizer, fam, records, args.max_length, False, shared_first=True),
+                             len(order), args)
+    (directory / "examples.json").write_text(json.dumps({"pad": pad, "examples": data, **shared}))
     if args.model:
         (directory / "model").symlink_to(args.model.resolve())
         model = tf.AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
@@ -120,10 +129,39 @@ def prepare(args, directory: Path):
     return sum(p.numel() for p in model.parameters()), non_embedding
 
 
-def batches(name: str, data: list, pad: int, args) -> list[dict]:
+def shared_examples(records, ids, count: int, args) -> dict:
+    """The shared configurations' examples, category path first: training batches as the shared-prefix sampler
+    draws them from the whole sample; `count` inference examples of whole groups (random category paths)."""
+    groups = [group_key(r, False, shared_first=True) for r in records]
+    numbers = {g: n for n, g in enumerate(dict.fromkeys(groups))}
+    rows = [[r.id, ids[i], r.label, groups[i]] for i, r in enumerate(records)]
+    sampler = BatchSampler([len(x) for x in ids], args.batch_size, groups=[numbers[g] for g in groups])
+    train = [[rows[i] for i in batch] for batch in list(sampler)[: args.warmup + args.steps]]
+    members = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    inference = []
+    for g in np.random.default_rng(0).permutation(list(members)):
+        if len(inference) >= count:
+            break
+        inference += [rows[i] for i in members[g]]
+    return {"shared_train": train, "shared_inference": inference}
+
+
+def batches(name: str, data: list, pad: int, args, shared: dict | None = None) -> list[dict]:
     """Training: `warmup` then `steps` batches of one training megabatch, length-grouped by data.BatchSampler as in
     training; the random-order configuration gets the same examples (warmup, then timed) shuffled into batches.
     Inference: every example, sorted by length, in batches of inference_batch_size."""
+    if name == "ours, shared":
+        return [collate_shared([Example(*e) for e in batch], pad) for batch in shared["shared_train"]]
+    if name == "ours, inference, shared":
+        rows = [Example(*e) for e in shared["shared_inference"]]
+        size = {}
+        for e in rows:
+            size[e.group] = size.get(e.group, 0) + len(e.input_ids)
+        order = sorted(range(len(rows)), key=lambda i: (size[rows[i].group], rows[i].group))
+        step = args.inference_batch_size
+        return [collate_shared([rows[i] for i in order[j:j + step]], pad) for j in range(0, len(order), step)]
     rows = [Example(*e) for e in data]
     if name in INFERENCE:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
@@ -155,7 +193,8 @@ def build(name: str, directory: Path, device: str):
         if name.endswith("compiled"):
             for block in model.model.layers:
                 block.compile()
-        return model.train(not inference), lambda b: model(b["input_ids"], b["attention_mask"], b["position_ids"])
+        return model.train(not inference), lambda b: model(b["input_ids"], b["attention_mask"], b["position_ids"],
+                                                           b.get("suffix_ids"))
     import peft
     import transformers as tf
 
@@ -179,7 +218,9 @@ def run_one(name: str, precision: str, directory: Path, args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = json.loads((directory / "examples.json").read_text())
-    all_batches = batches(name, spec["examples"], spec["pad"], args)
+    all_batches = batches(name, spec["examples"], spec["pad"], args, spec)
+    own = {e[0]: len(e[1]) for e in spec["examples"] + spec["shared_inference"]} | \
+        {e[0]: len(e[1]) for batch in spec["shared_train"] for e in batch}
     model, forward = build(name, directory, args.device)
     cuda, bf16 = args.device == "cuda", precision == "bf16"
     tensors = [{k: v.to(args.device) for k, v in b.items() if k != "ids"} for b in all_batches]
@@ -210,6 +251,7 @@ def run_one(name: str, precision: str, directory: Path, args) -> dict:
     return {
         "examples": sum(len(b["labels"]) for b in timed), "seconds": seconds,
         "tokens": sum(int((b["attention_mask"] > 0).sum()) for b in timed),
+        "own_tokens": sum(own[i] for b in timed for i in b["ids"]),
         "slots": sum(b["input_ids"].numel() for b in timed),
         "peak_mib": max(loaded_peak, peak_memory(cuda)), "train_peak_mib": peak_memory(cuda),
         "peak_flops": peak_flops(args.device, bf16, shape.hidden_size, shape.intermediate_size),
@@ -271,8 +313,8 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
              f"{args.inference_batch_size}; fastest of {args.repeats} runs, torch {torch.__version__}",
              f"memory in MiB: peak {'GPU memory allocated' if cuda else 'resident set (RSS)'} of the whole process "
              f"(loading included), and from the first step on ('steps')",
-             f"{'configuration':<31} {'precision':<9} {'examples/s':>10} {'tokens/s':>9} {'padding':>7} {'peak':>6} "
-             f"{'steps':>6} {'of peak':>7} {'x default':>9} {'x best':>6}"]
+             f"{'configuration':<31} {'precision':<9} {'examples/s':>10} {'tokens/s':>9} {'padding':>7} {'shared':>6} "
+             f"{'peak':>6} {'steps':>6} {'of peak':>7} {'x default':>9} {'x best':>6}"]
     if args.skipped_bf16:
         lines.insert(1, "bf16 not run: this CPU has no native bf16 matrix products (AVX512-BF16 or AMX), where they "
                         "crawl; --precisions float32 bf16 times them anyway")
@@ -287,7 +329,8 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
             of_peak = f"{100 * flops / r['peak_flops']:6.1f}%" if r["peak_flops"] else "-"
             ratios = [f"{speed(r) / ref:.2f}x" if ref else "-" for ref in references[inference]]  # default, best
             lines.append(f"{name:<31} {precision:<9} {speed(r):>10.1f} {tokens:>9.0f} "
-                         f"{100 * (1 - r['tokens'] / r['slots']):>6.1f}% {r['peak_mib']:>6.0f} "
+                         f"{100 * (1 - r['tokens'] / r['slots']):>6.1f}% {r['own_tokens'] / r['tokens']:>5.2f}x "
+                         f"{r['peak_mib']:>6.0f} "
                          f"{r['train_peak_mib']:>6.0f} {of_peak:>7} {ratios[0]:>9} {ratios[1]:>6}")
     return "\n".join(lines)
 
