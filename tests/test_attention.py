@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 
 from data.batching import Example, collate_packed, collate_padded
-from kernels.attention import attention, block_mask, dense_mask, eager_attention, example_mask
+from kernels.attention import attention, block_mask, dense_mask, eager_attention, example_mask, query_mask
 from model.classifier import load_classifier
 from model.lora import add_lora
 
@@ -64,6 +64,42 @@ def test_dense_mask_matches_its_definition():
                     for kv in range(T):
                         want = rows[b][q] == rows[b][kv] != 0 and 0 <= q - kv < (window or T) or q == kv
                         assert bool(mask[b, 0, i, kv]) == want, (b, q, kv, window)
+
+
+# Shared-prefix rows: example ids, suffix ids (0 = the shared prefix) and positions that continue the prefix.
+SHARED_ROWS = {
+    "ids": [[1] * 10 + [2] * 3, [1] * 4 + [2] * 6 + [0] * 3, [1] * 13],
+    "suffix": [[0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 0, 4, 4], [0, 0, 1, 1, 0, 0, 0, 2, 3, 3, 0, 0, 0], [0] * 4 + [1] * 9],
+    "positions": [[0, 1, 2, 3, 4, 3, 3, 4, 5, 6, 0, 1, 2], [0, 1, 2, 3, 0, 1, 2, 3, 3, 4, 0, 0, 0],
+                  list(range(13))],
+}
+
+
+def test_shared_prefix_mask_matches_its_definition():
+    """A suffix token sees its own prefix and its own suffix, causally, within the window counted in positions."""
+    ids, sub, pos = (torch.tensor(SHARED_ROWS[k]) for k in ("ids", "suffix", "positions"))
+    for window in (None, 3):
+        mask = dense_mask(ids, window, None, sub, pos)
+        for b in range(3):
+            for q in range(T):
+                for kv in range(T):
+                    same = ids[b, q] == ids[b, kv] != 0 and kv <= q and sub[b, kv] in (0, sub[b, q])
+                    want = same and pos[b, q] - pos[b, kv] < (window or T) or q == kv
+                    assert bool(mask[b, 0, q, kv]) == want, (b, q, kv, window)
+        rows, cols = torch.tensor([0, 0, 1]), torch.tensor([4, 9, 9])
+        assert torch.equal(query_mask(ids, rows, cols, window, sub, pos)[:, 0, 0], mask[rows, 0, cols])
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
+@pytest.mark.parametrize("window", [None, 3])
+@torch.no_grad()
+def test_flex_forward_of_shared_prefix_rows_on_cpu_matches_eager_reference(window):
+    ids, sub, pos = (torch.tensor(SHARED_ROWS[k]) for k in ("ids", "suffix", "positions"))
+    q, k, v, _ = (t.detach() for t in inputs("cpu"))
+    real = (ids > 0)[:, None, :, None]
+    want = eager_attention(q, k, v, dense_mask(ids, window, None, sub, pos), SCALE)
+    got = attention(q, k, v, block_mask(ids, window, sub, pos), SCALE)
+    assert ((got - want) * real).abs().max() < 1e-5
 
 
 def test_mask_form_follows_the_case():

@@ -48,7 +48,9 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
     sharded = tiny_config(tmp_path, "ranks2_batch4", batch_size=4, **common)
     mixed = tiny_config(tmp_path, "ranks2_bf16", batch_size=4, bf16=True, activation_checkpointing=True, **common)
     mixed.model.dtype = "bfloat16"
-    mp.spawn(worker, args=(2, [free_port(), free_port()], [sharded, mixed]), nprocs=2)
+    shared = tiny_config(tmp_path, "ranks2_shared", batch_size=4, **common)
+    shared.data.share_prefix, shared.data.max_tokens = True, 32  # FSDP over shared-prefix micro-batches
+    mp.spawn(worker, args=(2, [free_port(), free_port(), free_port()], [sharded, mixed, shared]), nprocs=2)
 
     torch.set_num_threads(1)
     one = train(tiny_config(tmp_path, "rank1_batch8", batch_size=8, **common))
@@ -69,6 +71,12 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
     lora_b = [k for k in reference if k.endswith("lora_B")]
     assert all(reference[k].abs().max() > 1e-3 for k in lora_b)  # B starts at zero: the weights did move
     assert all(t.isfinite().all() for t in weights(mixed).values())
+    shared_one = tiny_config(tmp_path, "rank1_shared", batch_size=8, **common)
+    shared_one.data.share_prefix = True
+    train(shared_one)
+    want = weights(shared_one)
+    for k, got in weights(shared).items():
+        torch.testing.assert_close(got, want[k], atol=ATOL, rtol=RTOL, msg=k)
     evals = [json.loads(line) for line in (tmp_path / "ranks2_batch4" / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in evals if r["split"] == "valid"][-1]
     assert valid["f1"] == pytest.approx(one.metrics["f1"]) and valid["auc"] == pytest.approx(one.metrics["auc"],

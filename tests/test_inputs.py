@@ -6,7 +6,16 @@ import pytest
 from tokenizers import Tokenizer
 from tokenizers.pre_tokenizers import Sequence, Split
 
-from data.inputs import ANSWERS, QUESTIONS, answer_token_ids, close_token_id, encode, model_family, pad_token_id
+from data.inputs import (
+    ANSWERS,
+    QUESTIONS,
+    answer_token_ids,
+    close_token_id,
+    encode,
+    group_key,
+    model_family,
+    pad_token_id,
+)
 from data.records import Record
 
 from fixtures import word_tokenizer
@@ -127,3 +136,31 @@ def test_each_answer_is_one_token_that_follows_answer_colon(family_tokenizer):
     split = word_tokenizer(["[UNK]", " ", "no", "yes"], pre_tokenizer=Split(" ", "isolated"))  # " no": 2 tokens
     with pytest.raises(ValueError, match="splits the answer ' no' into 2 tokens"):
         answer_token_ids(split)
+
+
+@pytest.mark.parametrize("question", [False, True])
+def test_shared_first_puts_the_category_first_and_a_groups_rows_begin_alike(family_tokenizer, question):
+    """data.share_prefix: a QC row is its category path, then the query with its translation; a QI row stays query
+    first. Rows with one group key begin with the same tokens through the separator, the prefix shared once."""
+    family, tok, config = family_tokenizer
+    bos = config["bos_token"] if config.get("add_bos_token") else ""
+    close = "" if question else tok.id_to_token(close_token_id(tok, family))
+    path = "shoes,men's shoes,sneakers"
+    qc = [Record("1", "QC", "ja", "スニーカー", path, 1, "sneakers"),
+          Record("2", "QC", "en", "red shoe", path, 0, None)]
+    qi = [Record("3", "QI", "en", "red shoe", "Red running shoe", 1, None)]
+    rows = encode(tok, family, qc + qi, 128, translate=True, question=question, shared_first=True)
+    texts = [tok.decode(ids, skip_special_tokens=False) for ids in rows]
+    if question:
+        ask = "\nIs this category relevant to the query? Answer:"
+        assert texts[0] == f"{bos}Category: {path}\nQuery: スニーカー - sneakers{ask}"
+        assert texts[2] == f"{bos}Query: red shoe\nProduct: Red running shoe\nIs this product relevant to the query? " \
+                           f"Answer:"
+    else:
+        assert texts[0] == f"{bos}{path}\nスニーカー - sneakers{close}"
+        assert texts[2] == f"{bos}red shoe\nRed running shoe{close}"
+    assert group_key(qc[0], True, True) == group_key(qc[1], True, True) != group_key(qi[0], True, True)
+    piece = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
+    prefix = ([tok.token_to_id(bos)] if bos else []) + (piece("Category: ") if question else []) + piece(path) + \
+        piece("\nQuery: " if question else "\n")
+    assert rows[0][:len(prefix)] == rows[1][:len(prefix)] == prefix
