@@ -391,3 +391,23 @@ def test_precision_timings_time_both_precisions_and_leave_no_gradient(tmp_path):
     float32, bf16 = precision_timings(classifier, collate_padded(data.train[:4], data.pad_id), ONE, repeats=1)
     assert float32 > 0 and bf16 > 0
     assert all(p.grad is None for p in classifier.parameters())
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_evaluation_lays_out_shared_prefixes_once_with_each_rows_own_probability(tmp_path, share):
+    """Validation always groups (pure saving): its probabilities are those of every example in a padded row, for a
+    joint QC + QI model whatever the training layout."""
+    cfg = joint_config(tmp_path)
+    cfg.data.share_prefix = share
+    model = run_classifier(cfg, torch.device("cpu")).eval()
+    data = load_data(cfg, "qwen3")
+    assert len({e.group for e in data.valid}) < len(data.valid)  # some rows do share a prefix
+    _, probs = evaluate(model, data, cfg, ONE)
+    with torch.no_grad():
+        batch = collate_padded(data.valid, data.pad_id)
+        want = dict(zip(batch["ids"], model(batch["input_ids"], batch["attention_mask"]).softmax(-1)[:, 1].tolist()))
+    assert probs.keys() == want.keys() and all(probs[i] == pytest.approx(p, abs=1e-6) for i, p in want.items())
+    if share:
+        shared = tiny_config(tmp_path, "joint_shared", max_steps=2)
+        shared.data = replace(cfg.data)
+        assert train(shared).metrics["task_mean_f1"] >= 0  # a joint stage trains on shared-prefix rows
