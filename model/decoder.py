@@ -182,14 +182,14 @@ class Decoder(nn.Module):
         ropes = {"full_attention": global_rope, "sliding_attention": global_rope}
         if cfg.rope_local_theta:
             ropes["sliding_attention"] = rotary(position_ids, cfg.head_dim, cfg.rope_local_theta, 1.0)
-        last = cfg.num_layers - 1 if pooled is not None else None
-        for i, (layer, kind) in enumerate(zip(self.layers, cfg.layer_types)):
-            if i == last:
-                window = cfg.sliding_window if kind == "sliding_attention" else None
-                pooled_mask = query_mask(mask, *pooled, window, *layout)
-                return self.norm(layer(x, ropes[kind], pooled_mask, None, pooled)[:, 0])
+        blocks = list(zip(self.layers, cfg.layer_types))
+        for layer, kind in blocks if pooled is None else blocks[:-1]:
             x = layer(x, ropes[kind], masks[kind], cache)
-        return self.norm(x)
+        if pooled is None:
+            return self.norm(x)
+        layer, kind = blocks[-1]  # the last block, for the pooled tokens' queries alone
+        window = cfg.sliding_window if kind == "sliding_attention" else None
+        return self.norm(layer(x, ropes[kind], query_mask(mask, *pooled, window, *layout), None, pooled)[:, 0])
 
     def lm_logits(self, hidden):
         """Language-model logits from hidden states (with Gemma2's final soft-capping)."""

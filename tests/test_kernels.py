@@ -97,9 +97,20 @@ def test_gated_act(shape, act, dtype):
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
-def test_decoder_on_triton_kernels_matches_reference_path(family):
-    """The switch: kernels.use_triton routes the decoder's norms, RoPE and activations through the kernels."""
+def test_decoder_on_triton_kernels_matches_reference_path(family, monkeypatch):
+    """The switch: kernels.use_triton routes the decoder's norms, RoPE and activations through the kernels (each
+    kernel's autograd function is counted: on, all three run; off, none does), with the reference's numbers."""
+    from kernels.gated_act_triton import TritonGatedAct
+    from kernels.rmsnorm_triton import TritonRMSNorm
+    from kernels.rotary_triton import TritonRotary
     from model import Decoder, ModelConfig
+
+    calls = {}
+    for function in (TritonGatedAct, TritonRMSNorm, TritonRotary):
+        def counted(*args, apply=function.apply, name=function.__name__):
+            calls[name] = calls.get(name, 0) + 1
+            return apply(*args)
+        monkeypatch.setattr(function, "apply", counted)
 
     gemma = family.startswith("gemma")
     config = dict(model_type=family, vocab_size=50, hidden_size=40, intermediate_size=72, num_layers=2,
@@ -112,6 +123,7 @@ def test_decoder_on_triton_kernels_matches_reference_path(family):
     for triton in (False, True):
         with use_triton(triton):
             out = decoder(ids, mask)
+        assert sorted(calls) == (["TritonGatedAct", "TritonRMSNorm", "TritonRotary"] if triton else [])
         out.sum().backward()
         runs.append((out.detach(), {n: p.grad.clone() for n, p in decoder.named_parameters()}))
         decoder.zero_grad()
