@@ -8,7 +8,6 @@ from tokenizers.pre_tokenizers import Sequence, Split
 
 from data.inputs import (
     ANSWERS,
-    QUESTIONS,
     answer_token_ids,
     close_token_id,
     encode,
@@ -118,14 +117,16 @@ def test_question_template_asks_and_ends_where_the_answer_comes(family_tokenizer
     bos = config["bos_token"] if config.get("add_bos_token") else ""
     qi = Record("9", "QI", "ja", "ドラクエ バッグ", "dragon quest waist bag", 1, None)
     rows = encode(tok, family, RECORDS + [qi], max_length=128, translate=True, question=True)
+    frames = {"QC": ("Query: ", "\nCategory: ", "\nIs this category relevant to the query? Answer:"),
+              "QI": ("Query: ", "\nProduct: ", "\nIs this product relevant to the query? Answer:")}  # as written
     for ids, r in zip(rows, RECORDS + [qi]):
-        lead, middle, tail = QUESTIONS[r.task]
+        lead, middle, tail = frames[r.task]
         first = f"{r.query} - {r.translation}" if r.translation else r.query
         assert tok.decode(ids, skip_special_tokens=False) == f"{bos}{lead}{first}{middle}{r.target}{tail}"
         assert tok.id_to_token(ids[-1]) == ":" and ids[-1] != pad_token_id(tok, family)
     long = Record("1", "QC", "ja", "ドラクエ バッグ " * 30, "長い商品タイトル " * 50, 1, None)
     cut = encode(tok, family, [long], max_length=48, translate=True, question=True)[0]
-    assert len(cut) == 48 and tok.decode(cut).endswith(QUESTIONS["QC"][2])  # the question always stays
+    assert len(cut) == 48 and tok.decode(cut).endswith(frames["QC"][2])  # the question always stays
 
 
 def test_each_answer_is_one_token_that_follows_answer_colon(family_tokenizer):
