@@ -55,6 +55,16 @@ def shared_units(examples: list[Example]) -> list[Unit]:
     return units
 
 
+def group_batches(examples: list[Example], batch_size: int) -> list[list[Example]]:
+    """Inference batches of `batch_size` examples, each group's examples consecutive and the groups in order of
+    their tokens (similar sizes together: little padding), so that collate_shared computes each prefix once."""
+    size = {}
+    for e in examples:
+        size[e.group] = size.get(e.group, 0) + len(e.input_ids)
+    order = sorted(examples, key=lambda e: (size[e.group], e.group or "", len(e.input_ids)))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def unit_tokens(unit: Unit) -> int:
     prefix, members = unit
     return len(prefix) + sum(len(e.input_ids) - len(prefix) for e in members)

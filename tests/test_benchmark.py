@@ -6,7 +6,7 @@ from tokenizers import Tokenizer
 
 from data.records import Record
 from model import Decoder, ModelConfig
-from train.commands.benchmark import INFERENCE, MEGABATCH, SHARED, TRAINING, batches, prepare, shared_examples, table
+from train.commands.benchmark import CONFIGS, MEGABATCH, batches, prepare, shared_examples, table
 
 from fixtures import HF_CONFIG, make_checkpoint
 
@@ -14,7 +14,7 @@ from fixtures import HF_CONFIG, make_checkpoint
 def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
     data = [[str(i), list(range(1, 2 + i % 37)), i % 2] for i in range(MEGABATCH * 8)]
     args = argparse.Namespace(batch_size=8, warmup=3, steps=10, max_length=128)
-    runs = {name: batches(name, data, 0, args) for name in TRAINING if name not in SHARED}
+    runs = {name: batches(c, data, 0, args) for name, c in CONFIGS.items() if not c.inference and c.layout != "shared"}
     for name, run in runs.items():
         warmup, timed = run[: args.warmup], run[args.warmup:]
         for part, reference in [(warmup, runs["ours, padded"][:3]), (timed, runs["ours, padded"][3:])]:
@@ -29,7 +29,7 @@ def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
 def test_inference_predicts_every_example_once_in_length_order_in_the_same_batches_on_both_sides():
     data = [[str(i), list(range(1, 2 + (i * 7) % 37)), i % 2] for i in range(MEGABATCH * 8)]
     args = argparse.Namespace(inference_batch_size=64)
-    theirs, ours = (batches(name, data, 0, args) for name in INFERENCE if name not in SHARED)
+    theirs, ours = (batches(c, data, 0, args) for c in CONFIGS.values() if c.inference and c.layout != "shared")
     assert [b["ids"] for b in ours] == [b["ids"] for b in theirs]
     assert [len(b["ids"]) for b in ours] == [64] * 6 + [16]
     assert sorted(i for b in ours for i in b["ids"]) == sorted(e[0] for e in data)
@@ -42,7 +42,7 @@ def test_shared_configurations_draw_groups_and_compute_each_prefix_once():
     ids = [[1 + i % 23] * 6 + [100 + i] * (1 + i % 3) for i in range(len(records))]  # 6 tokens of the path first
     args = argparse.Namespace(batch_size=8, warmup=2, steps=5, inference_batch_size=64)
     spec = shared_examples(records, ids, 100, args)
-    train, infer = (batches(name, [], 0, args, spec) for name in SHARED)
+    train, infer = (batches(c, [], 0, args, spec) for c in CONFIGS.values() if c.layout == "shared")
     assert len(train) == 7 and all(len(b["ids"]) == 8 for b in train)
     own = {str(i): len(x) for i, x in enumerate(ids)}
     for run in (train, infer):

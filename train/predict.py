@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from data.batching import collate_shared, examples
+from data.batching import collate_shared, examples, group_batches
 from data.inputs import encode, group_key, model_family, pad_token_id
 from data.records import TARGET_FIELD, DataError, Record, read_rows
 from model.adapters import META, WEIGHTS, build_classifier
@@ -34,14 +34,9 @@ def probabilities(classifier, items, pad_id: int, batch_size: int, device, bf16:
     """id -> P(relevant), in batches of whole groups (each shared prefix computed once: data.batching), groups by
     length (little padding), with a progress line; no autograd bookkeeping at all (inference_mode), and the
     classifier in eval mode draws no dropout."""
-    size = {}
-    for e in items:
-        size[e.group] = size.get(e.group, 0) + len(e.input_ids)
-    order = sorted(range(len(items)), key=lambda i: (size[items[i].group], items[i].group or "",
-                                                     len(items[i].input_ids)))
     probs, tty = {}, sys.stderr.isatty()
-    for start in range(0, len(order), batch_size):
-        batch = collate_shared([items[i] for i in order[start:start + batch_size]], pad_id)
+    for part in group_batches(items, batch_size):
+        batch = collate_shared(part, pad_id)
         logits = batch_logits(classifier, batch, device, bf16)
         probs.update(zip(batch["ids"], logits.softmax(-1)[:, 1].tolist()))
         if tty:

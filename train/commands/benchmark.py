@@ -48,13 +48,15 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.batching import BatchSampler, Example, collate_packed, collate_padded, collate_shared
+from data.batching import BatchSampler, Example, collate_packed, collate_padded, collate_shared, group_batches
 from data.inputs import encode, group_key, model_family, pad_token_id
 from data.records import read_records
 from model.loading import read_config, read_json
@@ -76,11 +78,27 @@ SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's 
                       num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
                       query_pre_attn_scalar=256, sliding_window=512),
 }
-TRAINING = ["transformers + PEFT", "transformers + PEFT, grouped", "ours, padded", "ours, packed",
-            "ours, packed, compiled", "ours, shared"]
-INFERENCE = ["transformers + PEFT, inference", "ours, inference", "ours, inference, shared"]
-SHARED = ["ours, shared", "ours, inference, shared"]
-CONFIGS = TRAINING + INFERENCE
+@dataclass(frozen=True)
+class Config:
+    """One benchmarked configuration: whose model, how its batches are laid out, training or inference."""
+    name: str
+    side: Literal["transformers", "ours"]
+    layout: Literal["random", "grouped", "sorted", "packed", "shared"]  # sorted: by length (inference)
+    inference: bool = False
+    compiled: bool = False
+
+
+CONFIGS = {c.name: c for c in [
+    Config("transformers + PEFT", "transformers", "random"),
+    Config("transformers + PEFT, grouped", "transformers", "grouped"),
+    Config("ours, padded", "ours", "grouped"),
+    Config("ours, packed", "ours", "packed"),
+    Config("ours, packed, compiled", "ours", "packed", compiled=True),
+    Config("ours, shared", "ours", "shared"),
+    Config("transformers + PEFT, inference", "transformers", "sorted", inference=True),
+    Config("ours, inference", "ours", "sorted", inference=True),
+    Config("ours, inference, shared", "ours", "shared", inference=True),
+]}
 PRECISIONS = ["float32", "bf16"]
 MEGABATCH = 50  # steps whose examples data.BatchSampler sorts by length together (its default)
 LORA = dict(r=16, alpha=32, dropout=0.05, targets=DEFAULT_TARGETS)
@@ -148,41 +166,37 @@ def shared_examples(records, ids, count: int, args) -> dict:
     return {"shared_train": train, "shared_inference": inference}
 
 
-def batches(name: str, data: list, pad: int, args, shared: dict | None = None) -> list[dict]:
+def batches(config: Config, data: list, pad: int, args, shared: dict | None = None) -> list[dict]:
     """Training: `warmup` then `steps` batches of one training megabatch, length-grouped by data.BatchSampler as in
     training; the random-order configuration gets the same examples (warmup, then timed) shuffled into batches.
-    Inference: every example, sorted by length, in batches of inference_batch_size."""
-    if name == "ours, shared":
-        return [collate_shared([Example(*e) for e in batch], pad) for batch in shared["shared_train"]]
-    if name == "ours, inference, shared":
+    Inference: every example, sorted by length, in batches of inference_batch_size. Shared: the examples and
+    batches of shared_examples, grouped at inference as train/predict.py groups them."""
+    if config.layout == "shared" and config.inference:
         rows = [Example(*e) for e in shared["shared_inference"]]
-        size = {}
-        for e in rows:
-            size[e.group] = size.get(e.group, 0) + len(e.input_ids)
-        order = sorted(range(len(rows)), key=lambda i: (size[rows[i].group], rows[i].group))
-        step = args.inference_batch_size
-        return [collate_shared([rows[i] for i in order[j:j + step]], pad) for j in range(0, len(order), step)]
+        return [collate_shared(part, pad) for part in group_batches(rows, args.inference_batch_size)]
+    if config.layout == "shared":
+        return [collate_shared([Example(*e) for e in batch], pad) for batch in shared["shared_train"]]
     rows = [Example(*e) for e in data]
-    if name in INFERENCE:
+    if config.inference:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
         size = args.inference_batch_size
         return [collate_padded([rows[i] for i in order[j:j + size]], pad) for j in range(0, len(order), size)]
     steps = list(BatchSampler([len(e.input_ids) for e in rows], args.batch_size, megabatch=MEGABATCH))
     steps = steps[: args.warmup + args.steps]
-    if name == "transformers + PEFT":
+    if config.layout == "random":
         rng = np.random.default_rng(0)
         parts = (steps[: args.warmup], steps[args.warmup:])
         steps = [s for part in parts for s in np.array_split(rng.permutation(np.concatenate(part)), len(part))]
-    if "packed" in name:
+    if config.layout == "packed":
         return [collate_packed([rows[i] for i in s], pad, args.max_length) for s in steps]
     return [collate_padded([rows[i] for i in s], pad) for s in steps]
 
 
-def build(name: str, directory: Path, device: str):
+def build(config: Config, directory: Path, device: str):
     """(model, forward(batch) -> logits) for a configuration, in train mode for training, eval for inference."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    inference = name in INFERENCE
-    if name.startswith("ours"):
+    inference = config.inference
+    if config.side == "ours":
         from model.adapters import build_classifier
         from model.lora import merge_for_inference
 
@@ -190,7 +204,7 @@ def build(name: str, directory: Path, device: str):
                                  LORA["targets"], dtype, device)
         if inference:
             merge_for_inference(model)
-        if name.endswith("compiled"):
+        if config.compiled:
             for block in model.model.layers:
                 block.compile()
         return model.train(not inference), lambda b: model(b["input_ids"], b["attention_mask"], b["position_ids"],
@@ -212,21 +226,21 @@ def build(name: str, directory: Path, device: str):
                                                        attention_mask=b["attention_mask"].clamp(max=1)).logits
 
 
-def run_one(name: str, precision: str, directory: Path, args) -> dict:
-    """Run `name` in `precision` in this process; its speed, peak memory and the device's matrix-product peak."""
+def run_one(config: Config, precision: str, directory: Path, args) -> dict:
+    """Run `config` in `precision` in this process; its speed, peak memory and the device's matrix-product peak."""
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = json.loads((directory / "examples.json").read_text())
-    all_batches = batches(name, spec["examples"], spec["pad"], args, spec)
+    all_batches = batches(config, spec["examples"], spec["pad"], args, spec)
     own = {e[0]: len(e[1]) for e in spec["examples"] + spec["shared_inference"]} | \
         {e[0]: len(e[1]) for batch in spec["shared_train"] for e in batch}
-    model, forward = build(name, directory, args.device)
+    model, forward = build(config, directory, args.device)
     cuda, bf16 = args.device == "cuda", precision == "bf16"
     tensors = [{k: v.to(args.device) for k, v in b.items() if k != "ids"} for b in all_batches]
     loaded_peak = peak_memory(cuda)
     reset_peak_memory(cuda)
-    if name in INFERENCE:
+    if config.inference:
         timed = all_batches
         with torch.inference_mode(), torch.autocast(args.device, torch.bfloat16, enabled=bf16):
             for i, batch in enumerate(tensors + tensors):  # all once to warm up, then all timed
@@ -303,10 +317,12 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
     def speed(r):
         return r["examples"] / r["seconds"]
 
-    def fastest(names):  # transformers + PEFT's fastest run among `names`, in either precision
-        return max((speed(r) for (n, _), r in results.items() if n in names), default=None)
-    inference_ref = fastest(INFERENCE[:1])
-    references = {False: (fastest(TRAINING[:1]), fastest(TRAINING[:2])), True: (inference_ref, inference_ref)}
+    def fastest(inference: bool, layouts):  # transformers + PEFT's fastest such run, in either precision
+        return max((speed(r) for (n, _), r in results.items() if CONFIGS[n].side == "transformers"
+                    and CONFIGS[n].inference == inference and CONFIGS[n].layout in layouts), default=None)
+    inference_ref = fastest(True, ["sorted"])
+    references = {False: (fastest(False, ["random"]), fastest(False, ["random", "grouped"])),
+                  True: (inference_ref, inference_ref)}  # x default, x best
     lines = [f"{args.model or args.model_shape}: {params / 1e6:.1f}M parameters ({non_embedding / 1e6:.1f}M without "
              f"embeddings), {device}, {'bf16 weights, ' if cuda else ''}training {args.batch_size} examples per "
              f"step, {args.steps} timed steps after {args.warmup}; inference in batches of "
@@ -324,7 +340,7 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
                 lines.append(f"{name:<31} {precision:<9} failed (its error is printed above)")
                 continue
             r = results[(name, precision)]
-            tokens, inference = r["tokens"] / r["seconds"], name in INFERENCE
+            tokens, inference = r["tokens"] / r["seconds"], CONFIGS[name].inference
             flops = (2 if inference else 4) * non_embedding * tokens
             of_peak = f"{100 * flops / r['peak_flops']:6.1f}%" if r["peak_flops"] else "-"
             ratios = [f"{speed(r) / ref:.2f}x" if ref else "-" for ref in references[inference]]  # default, best
@@ -357,25 +373,26 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="default: all but the compiled one")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run one configuration, print JSON
     args = parser.parse_args(argv)
-    args.configs = args.configs or [c for c in CONFIGS if args.compile or not c.endswith("compiled")]
+    args.configs = args.configs or [name for name, c in CONFIGS.items() if args.compile or not c.compiled]
     native = native_bf16()
     args.skipped_bf16 = args.precisions is None and args.device == "cpu" and not native
     args.precisions = args.precisions or (["bf16"] if args.device == "cuda" else PRECISIONS[: 1 + native])
     if args.warmup + args.steps > MEGABATCH:
         parser.error(f"warmup + steps must be at most {MEGABATCH} (one megabatch of batches)")
-    if args.child:
-        print(json.dumps(run_one(args.configs[0], args.precisions[0], args.child, args)))
+    if args.child:  # the parent's flags, then the one configuration and precision it was started for
+        config, precision = CONFIGS[args.configs[0]], args.precisions[0]
+        args = argparse.Namespace(**json.loads((args.child / "args.json").read_text()))
+        args.model, args.shared = (args.model and Path(args.model)), Path(args.shared)
+        print(json.dumps(run_one(config, precision, Path(args.child), args)))
         return
     runs = [(name, precision) for name in args.configs for precision in args.precisions]
     with tempfile.TemporaryDirectory() as tmp:
         params, non_embedding = prepare(args, Path(tmp))
+        (Path(tmp) / "args.json").write_text(json.dumps({**vars(args), "child": tmp}, default=str))
         results = {}
         for name, precision in [run for _ in range(args.repeats) for run in runs]:  # round-robin
             command = [sys.executable, "-m", "train.commands.benchmark", "--child", tmp, "--configs", name,
-                       "--precisions", precision] + [
-                f"--{k.replace('_', '-')}={getattr(args, k)}"
-                for k in ("model_shape", "steps", "warmup", "batch_size", "inference_batch_size", "max_length",
-                          "threads", "device")] + (["--model", str(args.model)] if args.model else [])
+                       "--precisions", precision]
             out = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its stderr shows as it runs
             if out.returncode:
                 print(f"{name} ({precision}): failed with exit status {out.returncode}", file=sys.stderr)
