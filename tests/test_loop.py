@@ -357,3 +357,26 @@ def test_token_budget_micro_batches_make_the_same_updates_and_resume_exactly(tmp
     small.data.max_tokens = 8
     with pytest.raises(ConfigError, match=r"data.max_tokens must hold one example of data.max_length=16 \(16 token"):
         train(small)
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_one_class_validation_logs_null_and_chooses_a_defined_score(tmp_path, label, capsys):
+    cfg = tiny_config(tmp_path, max_steps=3, batch_size=4, eval_every=1)
+    rows = [json.loads(line) for line in Path(cfg.data.valid).open()]
+    Path(cfg.data.valid).write_text("".join(json.dumps({**r, "label": label}) + "\n" for r in rows))
+    result = train(cfg)
+
+    def no_nan(constant):
+        raise AssertionError(f"{constant} in metrics.jsonl: not JSON")
+
+    valid = [r for r in MetricsLog(Path(cfg.run_dir) / "metrics.jsonl").read() if r["split"] == "valid"]
+    json.loads((Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()[-1], parse_constant=no_nan)
+    assert len(valid) == 3 and all(r["auc"] is None for r in valid)  # one class: AUC undefined
+    assert all((r["f1"] is None) == (label == 0) for r in valid)  # F1 undefined without a relevant row
+    assert "n/a" in (Path(cfg.run_dir) / "metrics.txt").read_text()
+    err = capsys.readouterr().err
+    if label == 0:  # chosen by validation loss, said once
+        assert err.count("F1 is undefined on this validation set") == 1
+        assert result.step == min(valid, key=lambda r: r["loss"])["step"]
+    else:
+        assert "undefined" not in err and result.metrics["f1"] == max(r["f1"] for r in valid)

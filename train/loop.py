@@ -32,7 +32,7 @@ from train.distributed import (
     shutdown,
     use_bf16,
 )
-from train.metrics import PER_LANGUAGE, best_threshold, classification_metrics
+from train.metrics import PER_LANGUAGE, best_threshold, classification_metrics, fmt
 from train.progress import MetricsLog, Progress, plot
 from train.rundir import check_resume, lock_run_dir
 
@@ -239,8 +239,17 @@ def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
                           [data.languages[ids[j]] for j in picked],
                           [data.languages[ids[j]] not in data.held_out for j in picked])
             metrics.update({f"{task}_{k}": v for k, v in part.items() if not k.startswith(PER_LANGUAGE)})
-        metrics["task_mean_f1"] = sum(metrics[f"{task}_f1"] for task in tasks) / len(tasks)
+        f1s = [metrics[f"{task}_f1"] for task in tasks]
+        metrics["task_mean_f1"] = None if None in f1s else sum(f1s) / len(f1s)
     return metrics, dict(zip(ids, probs))
+
+
+def selection_score(metrics: dict, held_out) -> tuple[str, float]:
+    """(name, value) of what chooses the best step: the competition's mean of the task F1s for a joint model, the
+    seen languages' F1 with held-out ones (they choose nothing), else F1; where that F1 is undefined (no relevant
+    validation row), minus the validation loss, which always is."""
+    name = "task_mean_f1" if "task_mean_f1" in metrics else "seen_f1" if held_out else "f1"
+    return (name, metrics[name]) if metrics[name] is not None else ("-loss", -metrics["loss"])
 
 
 def scores(probs, labels, languages, seen) -> dict:
@@ -330,15 +339,17 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
 
     def evaluate_and_keep_best(step):
         metrics, probs = evaluate(model, data, cfg, d)
+        name, score = selection_score(metrics, held_out)
         if d.main:
             metrics_log.append(step=step, split="valid", **metrics)
-            unseen = f" | unseen {sorted(held_out)}: F1 {metrics['unseen_f1']:.4f} AUC {metrics['unseen_auc']:.4f}" \
-                if held_out else ""
-            say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {metrics['f1']:.4f} (all-positive "
-                f"{metrics['all_positive_f1']:.4f}) AUC {metrics['auc']:.4f}{unseen}")
-        # held-out languages choose nothing; a joint model is chosen by the competition's mean of the task F1s
-        score = metrics.get("task_mean_f1", metrics["seen_f1"] if held_out else metrics["f1"])
-        if score > state["best_f1"]:
+            unseen = f" | unseen {sorted(held_out)}: F1 {fmt(metrics['unseen_f1'])} AUC " \
+                     f"{fmt(metrics['unseen_auc'])}" if held_out else ""
+            say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {fmt(metrics['f1'])} (all-positive "
+                f"{fmt(metrics['all_positive_f1'])}) AUC {fmt(metrics['auc'])}{unseen}")
+            if name == "-loss" and "best" not in state:
+                say("F1 is undefined on this validation set (it has no relevant row): the best step is the one "
+                    "with the lowest validation loss")
+        if "best" not in state or score > state["best_f1"]:
             save_best(run_dir / "best", model, d, validation=probs, **best_meta(cfg, step, metrics, state))
             state.update(best_f1=score, best_step=step, best=metrics)
         return metrics

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data.records import TARGET_FIELD, DataError, read_rows
 from train.cli import run_command
-from train.metrics import classification_metrics
+from train.metrics import classification_metrics, fmt
 
 
 def read_submission(path) -> dict[str, list[tuple[int, dict]]]:
@@ -100,8 +100,8 @@ def compare(a, b, labelled=()) -> str:
             for name, pred in zip((a, b), preds):
                 m = classification_metrics([pred[i][0] for i in scored], [labels[task, i] for i in scored],
                                            [pred[i][1] for i in scored])
-                per = ", ".join(f"{k[3:]} {v:.4f}" for k, v in m.items() if k.startswith("f1_"))
-                lines.append(f"  {name}: F1 {m['f1']:.4f} on {len(scored)} labelled rows; {per}")
+                per = ", ".join(f"{k[3:]} {fmt(v)}" for k, v in m.items() if k.startswith("f1_"))
+                lines.append(f"  {name}: F1 {fmt(m['f1'])} on {len(scored)} labelled rows; {per}")
     return "\n".join(lines)
 
 
