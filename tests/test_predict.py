@@ -133,5 +133,7 @@ def test_an_older_submission_directory_is_replaced_and_one_of_other_files_refuse
     (mine / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"predict.out_dir .*mine: holds 'notes.txt', which is no submission file"):
         write_submission({"QC": "new\n"}, mine)
+    with pytest.raises(ConfigError, match=r"predict.out_dir .*notes.txt: is a file, not a directory"):
+        write_submission({"QC": "new\n"}, mine / "notes.txt")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mine")] == []
     assert (mine / "notes.txt").read_text() == "mine"

@@ -105,6 +105,16 @@ def test_bad_stages_fail_before_any_training(tmp_path, model_dir, stage_change, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("folds", ["full", [0, 1]])
+def test_a_stage_starting_from_folds_its_source_did_not_train_is_refused(tmp_path, model_dir, folds):
+    path = recipe(tmp_path, model_dir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stages"][3].update(init_from="QC", folds=folds)  # QC trains fold 0 only
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"stages\[3\] \(QI\): init_from 'QC' trains folds \[0\], so it has no run"):
+        check_stages(load_config(path))
+
+
 def qc_recipe(run_dir, model_dir, **predict):
     """One QC stage (fold 0 of 3), predicting the demo test file unless told otherwise."""
     cfg = {"run_dir": str(run_dir), "model": {"path": str(model_dir), "dtype": "float32"}, "lora": {"r": 4, "alpha": 8},
@@ -219,6 +229,19 @@ def test_nothing_is_written_for_an_empty_or_ambiguous_prediction(run, model_dir,
     with pytest.raises(error, match=message):
         predict(cfg)
     assert {p.name: p.read_bytes() for p in (run / "submission").iterdir()} == before
+
+
+@pytest.mark.parametrize("change, message", [
+    (["predict.weight_power=1e6"], r"predict.weight_power: every fold of QC weighs 0 \(validation F1 \*\* 1000000.0\)"),
+    (["undefined"], r"predict.ensemble: weighted_mean weighs folds by validation F1, which is undefined for QC/fold0"),
+])
+def test_a_weighted_ensemble_without_a_usable_weight_is_refused(run, model_dir, change, message):
+    if change == ["undefined"]:  # a validation fold without a relevant row
+        result = run / "QC" / "fold0" / "result.json"
+        result.write_text(json.dumps({**json.loads(result.read_text()), "f1": None}))
+        change = []
+    with pytest.raises(ConfigError, match=message):
+        predict(load_config(qc_recipe(run, model_dir, ensemble="weighted_mean"), change))
 
 
 def test_predict_command_prints_one_error_line(run, model_dir, capsys):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from data.batching import BatchSampler, collate_packed, collate_padded, examples, micro_batches
 from data.folds import default_language_groups, split_rows
-from data.inputs import answer_token_ids, encode, model_family, pad_token_id
+from data.inputs import LengthError, answer_token_ids, encode, model_family, pad_token_id
 from data.records import Record, read_records
 from model.adapters import WEIGHTS, build_classifier, trainable_state
 from model.classifier import batch_logits, classification_loss, lm_head_rows
@@ -72,8 +72,22 @@ def run_classifier(cfg: RunConfig, device: torch.device):
     classifier = build_classifier(cfg.model.path, c.r, c.alpha, c.dropout, c.targets, DTYPES[cfg.model.dtype],
                                   device, adapters=cfg.init_from or None)
     if not cfg.init_from and cfg.model.head_init == "lm_answer":
-        classifier.init_score(lm_head_rows(cfg.model.path, answer_token_ids(load_tokenizer(cfg.model.path))))
+        try:
+            answers = answer_token_ids(load_tokenizer(cfg.model.path))
+        except ValueError as e:
+            raise ConfigError(f"model.head_init: lm_answer: {e}; use head_init: random") from None
+        classifier.init_score(lm_head_rows(cfg.model.path, answers))
     return classifier
+
+
+def encode_examples(cfg: RunConfig, tokenizer, family: str, records: list[Record]) -> list:
+    """Token examples of `records` as the run's data settings make them (with translations where the records
+    have one); a data.max_length too short for the template is a ConfigError naming it."""
+    try:
+        ids = encode(tokenizer, family, records, cfg.data.max_length, True, cfg.data.template == "question")
+    except LengthError as e:
+        raise ConfigError(f"data.{e}") from None  # data.max_length=...
+    return examples(records, ids)
 
 
 def read_data_files(cfg: RunConfig, key: str) -> list[Record]:
@@ -121,19 +135,22 @@ def load_data(cfg: RunConfig, model_type: str) -> Data:
         train_records, valid_records = records, read_data_files(cfg, "valid")
     elif data_cfg.fold >= 0:  # fixed folds (data.split_seed): train.seed changes the run, not the split
         groups = held_out_groups(cfg, records)
-        train_idx, valid_idx = split_rows(records, data_cfg.fold, data_cfg.n_folds, data_cfg.group_levels,
-                                          data_cfg.split_seed, data_cfg.stratify_top_level, groups)
+        try:
+            train_idx, valid_idx = split_rows(records, data_cfg.fold, data_cfg.n_folds, data_cfg.group_levels,
+                                              data_cfg.split_seed, data_cfg.stratify_top_level, groups)
+        except ValueError as e:
+            raise ConfigError(f"data.n_folds: {e} in {data_cfg.train} at data.group_levels="
+                              f"{data_cfg.group_levels}") from None
         train_records, valid_records = [records[i] for i in train_idx], [records[i] for i in valid_idx]
         held_out = set(groups[data_cfg.fold]) if groups else set()
     else:
         train_records, valid_records = records, []
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
-    question = data_cfg.template == "question"
-    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, data_cfg.max_length, True, question))  # noqa: E731
     everything = train_records + valid_records
-    return Data(encoded(train_records), encoded(valid_records), {r.id: r.language for r in everything},
-                {r.id: r.task for r in everything}, pad_token_id(tokenizer, family), held_out)
+    train_set, valid_set = (encode_examples(cfg, tokenizer, family, rs) for rs in (train_records, valid_records))
+    return Data(train_set, valid_set, {r.id: r.language for r in everything}, {r.id: r.task for r in everything},
+                pad_token_id(tokenizer, family), held_out)
 
 
 def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:

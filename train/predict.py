@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from data.batching import collate_padded, examples
-from data.inputs import encode, model_family, pad_token_id
+from data.batching import collate_padded
+from data.inputs import model_family, pad_token_id
 from data.records import TARGET_FIELD, DataError, Record, read_rows
 from model.adapters import META, WEIGHTS, build_classifier
 from model.classifier import batch_logits
@@ -29,6 +29,7 @@ from model.loading import CheckpointError, file_hash, load_tokenizer, read_json,
 from model.lora import merge_for_inference
 from train.config import DTYPES, ConfigError, RunConfig
 from train.distributed import use_bf16
+from train.loop import encode_examples
 from train.rundir import write_atomic
 
 CACHE = "probabilities.json"
@@ -95,8 +96,7 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     merge_for_inference(classifier)
     family = model_family(classifier.model.config.model_type)
     tokenizer = load_tokenizer(base)
-    items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True,
-                                     question=run.data.template == "question"))
+    items = encode_examples(run, tokenizer, family, records)
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
     finite(probs, best_dir / WEIGHTS)
     write_atomic(cache, json.dumps({"fingerprint": key, "probabilities": probs}, ensure_ascii=False))
@@ -160,6 +160,8 @@ def write_submission(texts: dict[str, str], out_dir) -> Path:
     out_dir = Path(out_dir)
     parent, name = out_dir.parent, out_dir.name
     parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"predict.out_dir {out_dir}: is a file, not a directory")
     if out_dir.is_dir() and not out_dir.is_symlink():
         other = sorted(p.name for p in out_dir.iterdir() if not SUBMISSION_FILES.fullmatch(p.name))
         if other:

@@ -58,12 +58,12 @@ def check_stages(cfg: RunConfig) -> None:
         if stage.init_from and stage.init_from not in seen:
             raise ConfigError(f"{where}: init_from {stage.init_from!r} is not an earlier stage")
         seen.add(stage.name)
+        source = next((s for s in cfg.stages if s.name == stage.init_from), None)
+        if source and source.folds != "full" and (stage.folds == "full" or set(stage.folds) - set(source.folds)):
+            raise ConfigError(f"{where}: init_from {source.name!r} trains folds {source.folds}, so it has no run for "
+                              f"each of this stage's folds {stage.folds} to start from")
         for fold in fold_names(stage):
-            run = stage_run(cfg, stage, fold)
-            if run.data.task not in ("QC", "QI", ""):
-                raise ConfigError(f"{where}: data.task must be QC, QI or empty (every task of the files), got "
-                                  f"{run.data.task!r}")
-            run.check()
+            stage_run(cfg, stage, fold).check()
 
 
 def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
@@ -251,6 +251,9 @@ def task_submission(cfg: RunConfig, stage: StageSection, task: str, files: list[
         result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
         weights.append(fold_weight(result, task, p, f"{stage.name}/{fold}") if p.ensemble.startswith("weighted")
                        else 1.0)
+    if not sum(weights):
+        raise ConfigError(f"predict.weight_power: every fold of {stage.name} weighs 0 (validation F1 ** "
+                          f"{p.weight_power}); use a smaller power, or predict.ensemble mean or vote")
     oof = out_of_fold(cfg, stage, task)
     if oof:
         thresholds, choice = tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
