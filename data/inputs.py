@@ -29,6 +29,10 @@ from tokenizers import Tokenizer
 FAMILIES = {"qwen2": "qwen", "qwen3": "qwen"} | dict.fromkeys(["gemma", "gemma2", "gemma3", "gemma3_text"], "gemma")
 
 
+class LengthError(ValueError):
+    """max_length leaves no room for text in the template."""
+
+
 @dataclass(frozen=True)
 class Template:
     bos: str | None
@@ -119,7 +123,8 @@ def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translat
     plain = ([], piece(tpl.separator), [close_token_id(tokenizer, family)])
     longest = max(sum(map(len, frame)) for frame in [plain, *frames.values()])
     if max_length - len(prefix) - longest < 1:
-        raise ValueError(f"max_length={max_length} leaves no room for text in the {family} template")
+        raise LengthError(f"max_length={max_length} leaves no room for text in the {family} "
+                          f"{'question' if question else 'plain'} template ({len(prefix) + longest} tokens)")
     texts = [parts(r, translate, shared_first) for r in records]
     firsts = tokenizer.encode_batch([first for first, _ in texts], add_special_tokens=False)
     seconds = tokenizer.encode_batch([second for _, second in texts], add_special_tokens=False)

@@ -63,7 +63,8 @@ def read_adapters(directory) -> tuple[dict, dict[str, torch.Tensor]]:
 @torch.no_grad()
 def load_adapters(classifier, directory) -> dict:
     """Copy adapters.safetensors into the classifier's trainable parameters (call after add_lora, before
-    sharding); returns adapters.json. Any missing, unexpected or mis-shaped tensor is an error naming it."""
+    sharding); returns adapters.json. Any missing, unexpected, mis-shaped or non-finite tensor is an error naming
+    it."""
     info, tensors = read_adapters(directory)
     path, info_path = Path(directory) / WEIGHTS, Path(directory) / META
     model_type = classifier.model.config.model_type
@@ -79,6 +80,8 @@ def load_adapters(classifier, directory) -> dict:
         shape, want = tuple(tensors[name].shape), tuple(params[name].shape)
         if shape != want:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {shape}, the model expects {want}")
+        if not torch.isfinite(tensors[name]).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values")
     for name, tensor in tensors.items():
         params[name].copy_(tensor)
     return info

@@ -1,5 +1,5 @@
-"""Shared test helpers: the device, a free port, random trainable weights, word-level tokenizers, and tiny
-training runs (a random Qwen3-style checkpoint, labelled QC files, a config over them)."""
+"""Shared test helpers: the device, a free port, random trainable weights, word-level tokenizers, tiny training
+runs (a random Qwen3-style checkpoint, labelled QC files, a config over them), and plain SGD for comparing runs."""
 import json
 import random
 import socket
@@ -109,3 +109,22 @@ def make_qi_records(path: Path, n: int, seed: int) -> Path:
                        item_title=f"{rng.choice(WORDS)} {item if label else other}", label=int(label))
             f.write(json.dumps(row) + "\n")
     return path
+
+
+# Comparing the weights of two runs that differ only in the order of their float32 sums (micro-batches, packing,
+# ranks, compiled kernels): the comparison must not depend on the CPU's summation order (SIMD width, oneDNN
+# blocking, thread split), which differs between hosts. After AdamW steps it does: AdamW divides each gradient
+# entry by its running RMS, so a near-zero entry that rounds another way becomes a step of about +-lr either way,
+# whatever the code (4 steps at lr 1e-2 differed by 2.2e-5 on an Intel AVX512 host). SGD with momentum 0.5 is
+# linear in the gradients and carries a rounding difference dg at most 1 / (1 - 0.5) = 2 times per step:
+# |dw| <~ 2 * steps * lr * |dg|. Gradients are clipped to norm <= 1 (every entry <= 1) and summed over at most a
+# few hundred float32 terms, so |dg| <~ 100 * 2**-24 = 6e-6 at worst, and at SGD_LR and 4 steps |dw| <~ 2.4e-5 at
+# worst; measured (2026-12-01, AMD EPYC, native AVX512 and ATEN_CPU_CAPABILITY=default / avx2) it is <= 1.1e-7.
+# A bug (a micro-batch or rank weighted wrong, dropped or doubled) changes g by a share of itself and moves the
+# weights by ~ lr * |g|, 1e-3 and more here (lora_B moves 0.027 in 4 steps). SGD_ATOL sits between the two.
+SGD_LR, SGD_ATOL = 0.5, 1e-5
+
+
+def sgd(params, lr, weight_decay):
+    """torch.optim.AdamW's stand-in in runs that are compared with each other (see above)."""
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.5)

@@ -8,6 +8,8 @@ import pytest
 
 from train.cli import error_line, run_command
 
+from fixtures import make_records
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,6 +51,38 @@ def test_each_command_prints_one_error_line(tmp_path, command, expected):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected.replace("BAD_YAML", replace["BAD_YAML"]).replace(
         "BAD", replace["BAD"])), out.stderr
+
+
+@pytest.mark.parametrize("command, argv, expected", [  # each kind of value a user types that used to crash
+    ("padding", ["F", "T", "qwen", "--batch-size", "0"], "padding: argument --batch-size: must be >= 1, got 0"),
+    ("translate", ["F", "--model", "m", "--output", "o", "--batch-size", "-4"],
+     "translate: argument --batch-size: must be >= 1, got -4"),
+    ("folds", ["F", "--folds", "two"], "folds: argument --folds: expected an integer, got 'two'"),
+    ("folds", ["F", "--folds", "40"], r"--folds: need 2 <= n_folds <= number of groups (10), got n_folds=40 in F "
+                                      r"at --levels 2"),
+    ("padding", ["F", "T", "qwen", "--row-tokens", "64"],
+     "padding: argument --row-tokens: must hold one example of --max-length 128, got 64"),
+    ("benchmark", ["--steps", "0"], "benchmark: argument --steps: must be >= 1, got 0"),
+    ("demo_data", ["out", "--train-rows", "0"], "demo_data: argument --train-rows: must be >= 1, got 0"),
+    ("submission", ["check", "F"], "submission check: the following arguments are required: inputs"),
+    ("predict", [], "predict: the following arguments are required: config"),
+])
+def test_a_bad_flag_is_one_error_line_naming_it(tmp_path, capsys, command, argv, expected):
+    import importlib
+
+    make_records(tmp_path / "f.jsonl", 12, seed=0)  # 12 rows in 10 category groups
+    argv = [str(tmp_path / "f.jsonl") if a == "F" else str(tmp_path) if a == "T" else a for a in argv]
+    assert importlib.import_module(f"train.commands.{command}").main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and expected.replace("F", str(tmp_path / "f.jsonl")) \
+        in err, err
+
+
+def test_the_training_entry_point_names_a_missing_config_argument(capsys):
+    from train.main import main
+
+    assert main([]) == 1
+    assert capsys.readouterr().err.startswith("error: train/main.py: the following arguments are required: config")
 
 
 COMMANDS = sorted(p.stem for p in (ROOT / "train" / "commands").glob("*.py") if p.stem != "__init__")

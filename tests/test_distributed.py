@@ -1,9 +1,7 @@
 """Two gloo processes with FSDP2 train to the same weights as one process, whatever the split of a step.
 
-Tolerance: float32, atol 1e-5 / rtol 1e-4 on every trainable tensor after 4 AdamW steps at lr 1e-2. The runs
-differ only in the order of float32 additions (sharded reduce-scatter, micro-batch sums), which AdamW's
-normalised update can amplify where a gradient is near zero; a real bug (a missing or doubled rank or
-micro-batch, a wrong normaliser) moves weights by about the learning rate, 1e-2.
+The runs differ only in the order of float32 additions (sharded reduce-scatter, micro-batch sums), so they are
+compared after SGD steps, to SGD_ATOL (tests/fixtures.py argues why not after AdamW steps, and the tolerance).
 """
 import json
 import os
@@ -18,14 +16,14 @@ from safetensors.torch import load_file
 from train.distributed import cpu_flags, use_bf16
 from train.loop import train
 
-from fixtures import free_port, tiny_config
-
-ATOL, RTOL = 1e-5, 1e-4
+from fixtures import SGD_ATOL, SGD_LR, free_port, sgd, tiny_config
 
 
 def worker(rank, world_size, ports, configs):
-    """One rank of a torchrun-like launch: the environment torchrun would set, then train each config."""
+    """One rank of a torchrun-like launch: the environment torchrun would set, then train each config (with
+    SGD steps, as the process that compares them)."""
     torch.set_num_threads(1)
+    torch.optim.AdamW = sgd
     for port, cfg in zip(ports, configs):
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -38,13 +36,15 @@ def weights(cfg) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
+def test_two_ranks_match_one_rank_and_accumulation(tmp_path, monkeypatch):
     """2 ranks x batch 4 == 1 rank x batch 8 == 1 rank x batch 2 x accumulation 4, after 4 optimizer steps;
     so does a 1-rank run resumed from the 2-rank run's checkpoint at step 2.
 
     Also runs, on the same 2 ranks, a bf16 run (bf16 base weights, bf16 autocast and FSDP compute, activation
     checkpointing) that must train to finite weights and evaluate like the others."""
-    common = dict(epochs=1, clip=0.5, weight_decay=0.01, schedule="linear", warmup_ratio=0.25, save_every=2)
+    monkeypatch.setattr(torch.optim, "AdamW", sgd)
+    common = dict(epochs=1, clip=0.5, weight_decay=0.01, schedule="linear", warmup_ratio=0.25, save_every=2,
+                  lr=SGD_LR)
     sharded = tiny_config(tmp_path, "ranks2_batch4", batch_size=4, **common)
     mixed = tiny_config(tmp_path, "ranks2_bf16", batch_size=4, bf16=True, activation_checkpointing=True, **common)
     mixed.model.dtype = "bfloat16"
@@ -66,17 +66,19 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path):
         worst = max(float((got[k] - reference[k]).abs().max()) for k in reference)
         print(f"{other.run_dir}: max |diff| vs 1 rank x batch 8 = {worst:.2e}")
         for k in reference:
-            torch.testing.assert_close(got[k], reference[k], atol=ATOL, rtol=RTOL, msg=k)
+            torch.testing.assert_close(got[k], reference[k], atol=SGD_ATOL, rtol=0, msg=k)
     assert (tmp_path / "ranks2_batch4" / "checkpoints" / "step-00000004").is_dir()
     lora_b = [k for k in reference if k.endswith("lora_B")]
-    assert all(reference[k].abs().max() > 1e-3 for k in lora_b)  # B starts at zero: the weights did move
+    moved = min(float(reference[k].abs().max()) for k in lora_b)  # B starts at zero
+    print(f"every lora_B moved by at least {moved:.2e}")
+    assert moved > 10 * SGD_ATOL  # far more than the tolerance: a wrong update would not hide in it
     assert all(t.isfinite().all() for t in weights(mixed).values())
     shared_one = tiny_config(tmp_path, "rank1_shared", batch_size=8, **common)
     shared_one.data.share_prefix = True
     train(shared_one)
     want = weights(shared_one)
     for k, got in weights(shared).items():
-        torch.testing.assert_close(got, want[k], atol=ATOL, rtol=RTOL, msg=k)
+        torch.testing.assert_close(got, want[k], atol=SGD_ATOL, rtol=0, msg=k)
     evals = [json.loads(line) for line in (tmp_path / "ranks2_batch4" / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in evals if r["split"] == "valid"][-1]
     assert valid["f1"] == pytest.approx(one.metrics["f1"]) and valid["auc"] == pytest.approx(one.metrics["auc"],

@@ -19,12 +19,12 @@ from model.adapters import load_adapters
 from train.checkpoint import latest_checkpoint
 from train.config import ConfigError, TrainSection, save_config
 from train.distributed import Dist
-from train.loop import Data, evaluate, load_data, lr_at, precision_timings, run_classifier, train
+from train.loop import Data, evaluate, load_data, lr_at, precision_timings, run_classifier, selection_score, train
 from train.main import main
 from train.metrics import PER_LANGUAGE
 from train.progress import MetricsLog, plot, text_curve
 
-from fixtures import make_qi_records, tiny_config
+from fixtures import SGD_ATOL, SGD_LR, make_qi_records, sgd, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE = Dist(rank=0, world_size=1, device=torch.device("cpu"))
@@ -129,28 +129,32 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(reference, tmp_pat
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 
-def test_packed_rows_train_to_the_same_weights_as_padded_rows(tmp_path):
-    padded = tiny_config(tmp_path, "padded", max_steps=3)
-    packed = tiny_config(tmp_path, "packed", max_steps=3)
+def assert_same_updates(want_dir, got_dir) -> None:
+    want, got = final_weights(want_dir), final_weights(got_dir)
+    for k in want:  # plain SGD steps: order-free to SGD_ATOL (tests/fixtures.py argues it)
+        torch.testing.assert_close(got[k], want[k], atol=SGD_ATOL, rtol=0, msg=k)
+
+
+def test_packed_rows_train_to_the_same_weights_as_padded_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.optim, "AdamW", sgd)
+    padded = tiny_config(tmp_path, "padded", max_steps=3, lr=SGD_LR)
+    packed = tiny_config(tmp_path, "packed", max_steps=3, lr=SGD_LR)
     packed.data.packing = True
     train(padded)
     train(packed)
-    want, got = final_weights(padded.run_dir), final_weights(packed.run_dir)
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
+    assert_same_updates(padded.run_dir, packed.run_dir)
 
 
 @pytest.mark.slow
-def test_compiled_blocks_train_to_the_same_weights(tmp_path):
-    eager = tiny_config(tmp_path, "eager", max_steps=2)
-    compiled = tiny_config(tmp_path, "compiled", max_steps=2, compile=True)
+def test_compiled_blocks_train_to_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.optim, "AdamW", sgd)
+    eager = tiny_config(tmp_path, "eager", max_steps=2, lr=SGD_LR)
+    compiled = tiny_config(tmp_path, "compiled", max_steps=2, compile=True, lr=SGD_LR)
     train(eager)
     counters.clear()
     train(compiled)
     assert counters["stats"]["unique_graphs"] > 0  # the blocks did run compiled
-    want, got = final_weights(eager.run_dir), final_weights(compiled.run_dir)
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
+    assert_same_updates(eager.run_dir, compiled.run_dir)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -333,26 +337,26 @@ def test_a_batch_mixing_tasks_lowers_both_tasks_loss(tmp_path):
     assert after["QC"] < before["QC"] and after["QI"] < before["QI"], (before, after)
 
 
-def test_token_budget_micro_batches_make_the_same_updates_and_resume_exactly(tmp_path):
-    rows = tiny_config(tmp_path, "rows", batch_size=4, grad_accum=2, max_steps=4, save_every=1)
+def test_token_budget_micro_batches_make_the_same_updates_and_resume_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.optim, "AdamW", sgd)
+    steps = dict(batch_size=4, grad_accum=2, max_steps=4, save_every=1, lr=SGD_LR)
+    rows = tiny_config(tmp_path, "rows", **steps)
     train(rows)
     for budget in (96, 128):  # rows of <= 16 tokens: micro-batches of 6 + 2 or 8 examples, not the 4 + 4 by count
-        tokens = tiny_config(tmp_path, f"tokens{budget}", batch_size=4, grad_accum=2, max_steps=4, save_every=1)
+        tokens = tiny_config(tmp_path, f"tokens{budget}", **steps)
         tokens.data.max_tokens = budget
         train(tokens)
-        want, got = final_weights(rows.run_dir), final_weights(tokens.run_dir)
-        for k in want:
-            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)  # summed in another order
+        assert_same_updates(rows.run_dir, tokens.run_dir)
     killed = tmp_path / "killed"
     shutil.copytree(tokens.run_dir, killed)
     for ckpt in (killed / "checkpoints").glob("step-*"):
         if int(ckpt.name[5:]) > 2:
             shutil.rmtree(ckpt)
-    resumed = tiny_config(tmp_path, "killed", batch_size=4, grad_accum=2, max_steps=4, save_every=1)
+    resumed = tiny_config(tmp_path, "killed", **steps)
     resumed.data.max_tokens, resumed.resume = 128, True
     train(resumed)
     want, got = final_weights(tokens.run_dir), final_weights(killed)
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert all(torch.equal(want[k], got[k]) for k in want)  # the same sums again on the same CPU: exact
     small = tiny_config(tmp_path, "small")
     small.data.max_tokens = 8
     with pytest.raises(ConfigError, match=r"data.max_tokens must hold one example of data.max_length=16 \(16 token"):
@@ -411,3 +415,72 @@ def test_evaluation_lays_out_shared_prefixes_once_with_each_rows_own_probability
         shared = tiny_config(tmp_path, "joint_shared", max_steps=2)
         shared.data = replace(cfg.data)
         assert train(shared).metrics["task_mean_f1"] >= 0  # a joint stage trains on shared-prefix rows
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_one_class_validation_logs_null_and_chooses_a_defined_score(tmp_path, label, capsys):
+    cfg = tiny_config(tmp_path, max_steps=3, batch_size=4, eval_every=1)
+    rows = [json.loads(line) for line in Path(cfg.data.valid).open()]
+    Path(cfg.data.valid).write_text("".join(json.dumps({**r, "label": label}) + "\n" for r in rows))
+    result = train(cfg)
+
+    def no_nan(constant):
+        raise AssertionError(f"{constant} in metrics.jsonl: not JSON")
+
+    valid = [r for r in MetricsLog(Path(cfg.run_dir) / "metrics.jsonl").read() if r["split"] == "valid"]
+    json.loads((Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()[-1], parse_constant=no_nan)
+    assert len(valid) == 3 and all(r["auc"] is None for r in valid)  # one class: AUC undefined
+    assert all((r["f1"] is None) == (label == 0) for r in valid)  # F1 undefined without a relevant row
+    assert "n/a" in (Path(cfg.run_dir) / "metrics.txt").read_text()
+    err = capsys.readouterr().err
+    if label == 0:  # chosen by validation loss, said once
+        assert err.count("F1 is undefined on this validation set") == 1
+        assert result.step == min(valid, key=lambda r: r["loss"])["step"]
+    else:
+        assert "undefined" not in err and result.metrics["f1"] == max(r["f1"] for r in valid)
+
+
+def char_tokenizer(model):  # the tiny checkpoint's vocabulary, but every character a token: " no" is two
+    from tokenizers import Regex, pre_tokenizers
+
+    from fixtures import word_tokenizer
+    vocab = json.loads((model / "tokenizer.json").read_text())["model"]["vocab"]
+    word_tokenizer(sorted(vocab, key=vocab.get), pre_tokenizer=pre_tokenizers.Split(Regex("."), "isolated")).save(
+        str(model / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(n_folds=40), r"data.n_folds: need 2 <= n_folds <= number of groups \(\d+\), got n_folds=40 in .* at "
+                       r"data.group_levels=2"),
+    (dict(max_length=8, template="question"), r"data.max_length=8 leaves no room for text in the qwen question "
+                                              r"template \(\d+ tokens\)"),
+    (dict(head_init="lm_answer", template="question"), r"model.head_init: lm_answer: the tokenizer splits the "
+                                                       r"answer ' no' into 3 tokens"),
+])
+def test_values_the_data_or_model_cannot_take_are_config_errors_naming_the_key(tmp_path, change, message):
+    cfg = tiny_config(tmp_path, max_steps=1)
+    if "n_folds" in change:
+        cfg.data.valid, cfg.data.n_folds = "", change["n_folds"]
+    if "max_length" in change:
+        cfg.data.max_length = change["max_length"]
+    if "head_init" in change:
+        char_tokenizer(Path(cfg.model.path))
+        cfg.model.head_init, cfg.data.max_length = "lm_answer", 64
+    cfg.data.template = change.get("template", "plain")
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+
+
+def test_a_joint_model_with_held_out_languages_is_chosen_on_the_seen_rows_of_each_task(tmp_path):
+    """The best step of a joint language-held-out run is chosen by the mean over tasks of the seen languages' F1:
+    the held-out language's rows, which task_mean_f1 counts, choose nothing."""
+    cfg = joint_config(tmp_path)
+    model = run_classifier(cfg, torch.device("cpu"))
+    joint = load_data(cfg, "qwen3")
+    held_out = Data(joint.train, joint.valid, joint.languages, joint.tasks, joint.pad_id, {"fr"})
+    metrics, _ = evaluate(model, held_out, cfg, ONE)
+    seen = [metrics[f"{task}_seen_f1"] for task in ("QC", "QI")]
+    assert metrics["seen_task_mean_f1"] == pytest.approx(sum(seen) / 2)
+    assert selection_score(metrics, {"fr"}) == ("seen_task_mean_f1", metrics["seen_task_mean_f1"])
+    assert selection_score({**metrics, "seen_task_mean_f1": 0.1, "task_mean_f1": 0.9}, {"fr"})[1] == 0.1
+    assert selection_score(metrics, set()) == ("task_mean_f1", metrics["task_mean_f1"])

@@ -1,9 +1,10 @@
 """Validation metrics: positive-class F1, precision, recall, AUC, per-language F1, threshold tuning."""
+import json
 import math
 
 import pytest
 
-from train.metrics import best_threshold, classification_metrics
+from train.metrics import best_threshold, classification_metrics, fmt
 
 
 def test_hand_counted_metrics():
@@ -24,9 +25,13 @@ def test_hand_counted_metrics():
     assert m["all_positive_f1_fr"] == pytest.approx(2 * (1 / 3) / (1 / 3 + 1))
 
 
-def test_auc_is_nan_with_one_class():
-    m = classification_metrics([0.2, 0.9], [1, 1], ["en", "en"])
-    assert math.isnan(m["auc"]) and m["f1"] == pytest.approx(2 / 3)
+def test_undefined_metrics_are_none_never_nan():
+    m = classification_metrics([0.2, 0.9], [1, 1], ["en", "en"])  # one class: no AUC, F1 defined
+    assert m["auc"] is None and m["auc_en"] is None and m["f1"] == pytest.approx(2 / 3)
+    m = classification_metrics([0.2, 0.3], [0, 0], ["en", "fr"])  # no relevant row, none predicted relevant
+    assert all(m[k] is None for k in ("f1", "precision", "recall", "auc", "all_positive_f1", "f1_en", "auc_fr"))
+    assert json.loads(json.dumps(m, allow_nan=False)) == m
+    assert best_threshold([0.2, 0.3], [0, 0]) == 0.5 and fmt(None) == "n/a" and fmt(math.nan) == "n/a"
 
 
 def test_tuned_threshold_beats_the_default_when_scores_are_shifted():

@@ -1,5 +1,9 @@
 """Ensembling and submission files (fold models predicting through the recipe: tests/test_recipe.py)."""
 import json
+import os
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -9,9 +13,12 @@ import torch
 from data.batching import Example, collate_padded
 from data.records import DataError
 from model.classifier import batch_logits, load_classifier
+from train.config import ConfigError
 from train.predict import ensemble, probabilities, submission_text, write_submission
 
 from fixtures import make_checkpoint, randomize_trainable
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mean_ensemble_averages_probabilities_against_each_rows_threshold():
@@ -78,3 +85,77 @@ def test_grouped_prediction_gives_each_row_its_unshared_probability(tmp_path):
     want = batch_logits(classifier, collate_padded(items, 0), "cpu", False).softmax(-1)[:, 1].tolist()
     assert got.keys() == {e.id for e in items}
     assert [got[e.id] for e in items] == pytest.approx(want, abs=1e-6)
+
+
+def test_the_zip_is_the_same_bytes_whenever_it_is_written(tmp_path, monkeypatch):
+    texts = {"QI": "qi rows\n", "QC": "qc rows\n"}
+    first = write_submission(texts, tmp_path / "a").read_bytes()
+    monkeypatch.setattr(time, "time", lambda: 2e9)  # another day: zipfile stamps members with the current time
+    assert write_submission(texts, tmp_path / "b").read_bytes() == first
+    members = zipfile.ZipFile(tmp_path / "b" / "submit.zip").infolist()
+    assert [m.filename for m in members] == ["submit_QC.txt", "submit_QI.txt"]
+    assert {m.date_time for m in members} == {(1980, 1, 1, 0, 0, 0)}
+
+
+# Kills the process at the n-th file-system step of write_submission (each file written, the link made, the
+# renames), as a SIGKILL would: nothing of Python's clean-up runs.
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+import train.predict as predict
+n, calls = int(sys.argv[2]), [0]
+def killing(real):
+    def step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return step
+Path.write_bytes = killing(Path.write_bytes)
+for name in ("symlink", "rename", "replace"):
+    setattr(os, name, killing(getattr(os, name)))
+predict.write_submission({"QC": "new qc\\n", "QI": "new qi\\n"}, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_step_leaves_the_old_or_the_new_submission_and_a_rerun_cleans_up(tmp_path):
+    out = tmp_path / "submission"
+    old = {"QC": "old qc\n", "QI": "old qi\n"}
+    new = {"QC": "new qc\n", "QI": "new qi\n"}
+    contents = {}
+    for version, texts in (("old", old), ("new", new)):
+        write_submission(texts, tmp_path / version)
+        contents[version] = {p.name: p.read_bytes() for p in (tmp_path / version).iterdir()}
+    outcomes = set()
+    for n in range(1, 7):  # 3 files, the link, then the rename into place; n = 6 completes
+        write_submission(old, out)
+        run = subprocess.run([sys.executable, "-c", KILLER, str(out), str(n)], cwd=ROOT, capture_output=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        seen = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert seen in (contents["old"], contents["new"]), (n, run.stderr)  # never a mix, never a part
+        outcomes.add("old" if seen == contents["old"] else "new")
+        write_submission(new, out)  # a rerun publishes, whatever the kill left behind
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == contents["new"]
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".submission")) == \
+            [os.readlink(out)]  # one version, the published one
+    assert outcomes == {"old", "new"}
+
+
+def test_an_older_submission_directory_is_replaced_and_one_of_other_files_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submit_QC.txt").write_text("old\n")
+    (out / ".tmp-submit.zip").write_text("left by a kill")
+    write_submission({"QC": "new\n"}, out)
+    assert sorted(p.name for p in out.iterdir()) == ["submit.zip", "submit_QC.txt"]
+    assert (out / "submit_QC.txt").read_text() == "new\n"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"predict.out_dir .*mine: holds 'notes.txt', which is no submission file"):
+        write_submission({"QC": "new\n"}, mine)
+    with pytest.raises(ConfigError, match=r"predict.out_dir .*notes.txt: is a file, not a directory"):
+        write_submission({"QC": "new\n"}, mine / "notes.txt")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mine")] == []
+    assert (mine / "notes.txt").read_text() == "mine"

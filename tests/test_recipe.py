@@ -105,6 +105,16 @@ def test_bad_stages_fail_before_any_training(tmp_path, model_dir, stage_change, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("folds", ["full", [0, 1]])
+def test_a_stage_starting_from_folds_its_source_did_not_train_is_refused(tmp_path, model_dir, folds):
+    path = recipe(tmp_path, model_dir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stages"][3].update(init_from="QC", folds=folds)  # QC trains fold 0 only
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"stages\[3\] \(QI\): init_from 'QC' trains folds \[0\], so it has no run"):
+        check_stages(load_config(path))
+
+
 def qc_recipe(run_dir, model_dir, **predict):
     """One QC stage (fold 0 of 3), predicting the demo test file unless told otherwise."""
     cfg = {"run_dir": str(run_dir), "model": {"path": str(model_dir), "dtype": "float32"}, "lora": {"r": 4, "alpha": 8},
@@ -221,9 +231,93 @@ def test_nothing_is_written_for_an_empty_or_ambiguous_prediction(run, model_dir,
     assert {p.name: p.read_bytes() for p in (run / "submission").iterdir()} == before
 
 
+@pytest.mark.parametrize("change, message", [
+    (["predict.weight_power=1e6"], r"predict.weight_power: every fold of QC weighs 0 \(validation F1 \*\* 1000000.0\)"),
+    (["undefined"], r"predict.ensemble: weighted_mean weighs folds by validation F1, which is undefined for QC/fold0"),
+])
+def test_a_weighted_ensemble_without_a_usable_weight_is_refused(run, model_dir, change, message):
+    if change == ["undefined"]:  # a validation fold without a relevant row
+        result = run / "QC" / "fold0" / "result.json"
+        result.write_text(json.dumps({**json.loads(result.read_text()), "f1": None}))
+        change = []
+    with pytest.raises(ConfigError, match=message):
+        predict(load_config(qc_recipe(run, model_dir, ensemble="weighted_mean"), change))
+
+
 def test_predict_command_prints_one_error_line(run, model_dir, capsys):
     assert predict_main([str(qc_recipe(run, model_dir)), "predict.files=[]"]) == 1
     assert capsys.readouterr().err == "error: predict.files: empty, nothing to predict\n"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("adapters", r"QC/fold0/best/adapters.safetensors: tensor 'score.weight' holds NaN or infinite values"),
+    ("cache", r"QC/fold0/predictions/probabilities.json: 1 of 120 probabilities are not finite \(first id '\d+'\)"),
+    ("computed", r"QC/fold0/best/adapters.safetensors: 120 of 120 probabilities are not finite"),
+])
+def test_a_fold_that_predicts_nan_is_refused_naming_it(run, model_dir, monkeypatch, damage, message):
+    from safetensors.torch import load_file, save_file
+
+    import train.predict
+
+    cache = run / "QC" / "fold0" / "predictions" / "probabilities.json"
+    if damage == "adapters":  # a valid file whose weights are NaN: every probability would be NaN, none relevant
+        weights = run / "QC" / "fold0" / "best" / "adapters.safetensors"
+        save_file({k: v * float("nan") if k == "score.weight" else v for k, v in load_file(weights).items()},
+                  weights)
+    elif damage == "cache":
+        cached = json.loads(cache.read_text())
+        cached["probabilities"][next(iter(cached["probabilities"]))] = float("nan")
+        cache.write_text(json.dumps(cached))
+    else:
+        cache.unlink()
+        monkeypatch.setattr(train.predict, "probabilities", lambda _, items, *a: {e.id: float("nan") for e in items})
+    before = {p.name: p.read_bytes() for p in (run / "submission").iterdir()}
+    with pytest.raises(CheckpointError, match=message):
+        predict(load_config(qc_recipe(run, model_dir)))
+    assert {p.name: p.read_bytes() for p in (run / "submission").iterdir()} == before
+
+
+def test_predict_and_a_training_of_a_fold_it_reads_refuse_each_other_at_once(run, model_dir):
+    import train.loop
+    from train.recipe import stage_run
+    from train.rundir import RunLock
+
+    cfg = load_config(qc_recipe(run, model_dir))
+    fold = run / "QC" / "fold0"
+    with RunLock(fold):  # a training in progress there
+        with pytest.raises(ConfigError, match=rf"run_dir {fold}: in use by process \d+"):
+            predict(cfg)
+    with RunLock(fold, shared=True):  # a prediction reading it
+        with pytest.raises(ConfigError, match=rf"run_dir {fold}: in use by process \d+ .*\(predicting\)"):
+            train.loop.train(stage_run(cfg, cfg.stages[0], "fold0"))
+    with RunLock(fold, shared=True):  # predictions share it
+        predict(cfg)
+
+
+def test_a_recipe_on_one_class_completes_with_undefined_metrics_as_null_and_n_a(tmp_path, model_dir, capsys):
+    relevant = tmp_path / "train_QC.txt"  # every label 1: validation AUC is undefined, F1 is not
+    relevant.write_text("".join(json.dumps({**json.loads(line), "label": 1}, ensure_ascii=False) + "\n"
+                                for line in (DEMO_DATA / "train_QC.txt").open()))
+    path = qc_recipe(tmp_path / "run", model_dir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stages"][0]["data"]["train"] = str(relevant)
+    path.write_text(yaml.safe_dump(cfg))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    fold = tmp_path / "run" / "QC" / "fold0"
+
+    def no_nan(constant):
+        raise AssertionError(f"{constant} in metrics.jsonl: not JSON")
+
+    valid = [json.loads(line, parse_constant=no_nan) for line in (fold / "metrics.jsonl").open()]
+    assert [r["auc"] for r in valid if r["split"] == "valid"] == [None] and json.loads((fold / "result.json")
+                                                                                      .read_text())["auc"] is None
+    assert "n/a" in (fold / "metrics.txt").read_text()
+    lines = out.split("\n")
+    header, mean = next(lines[i:i + 3:2] for i, line in enumerate(lines) if "AUC" in line)  # header, (fold0,) mean
+    cells = [[line[j:j + 11].strip() for j in range(0, len(line), 11)] for line in (header, mean)]
+    assert cells[1][0] == "mean" and cells[1][cells[0].index("AUC")] == "n/a"
+    assert (tmp_path / "run" / "submission" / "submit.zip").is_file()
 
 
 @pytest.fixture(scope="module")

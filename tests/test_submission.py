@@ -1,5 +1,6 @@
 """The submission tools: check against the inputs, compare two submissions."""
 import json
+import re
 import zipfile
 
 import pytest
@@ -68,3 +69,32 @@ def test_compare_counts_differences_per_language_and_scores_labelled_rows(tmp_pa
     assert "QI: 1 rows in both, 0.0% differ" in out
     # labels 1, 0, 1, 0 for ids 1..4: a predicts all 1 (F1 2/3), b predicts 1, 0, 1, 1 (F1 0.8)
     assert f"{a}: F1 0.6667 on 4 labelled rows" in out and f"{b}: F1 0.8000 on 4 labelled rows" in out
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:40]), r"submit.zip: not a whole zip file \(truncated\?\)"),
+    (lambda p: edited(p, "QC", lambda t: "[1, 2]\n" + t), r"submit.zip:submit_QC.txt, line 1: expected a JSON object, "
+                                                           r"got list"),
+    (lambda p: p.write_bytes(b"\xff\xfe not text"), r"submit.zip: unreadable \('utf-8' codec can't decode"),
+])
+def test_a_damaged_submission_file_is_one_error_line(tmp_path, inputs, capsys, damage, message):
+    archive = submit(tmp_path, inputs)
+    damage(archive)
+    assert main(["check", str(archive), *map(str, inputs)]) == 1
+    assert main(["compare", str(archive), str(archive)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(re.search(message, line) for line in err), err
+
+
+def test_compare_refuses_submissions_with_nothing_in_common(tmp_path, inputs, capsys):
+    a = submit(tmp_path, inputs, name="a")
+    other = [{**r, "id": str(100 + int(r["id"]))} for r in QC]
+    (tmp_path / "other_QC.txt").write_text("".join(json.dumps(r) + "\n" for r in other))
+    b = write_submission({"QC": submission_text([tmp_path / "other_QC.txt"], "QC", {r["id"]: 1 for r in other})},
+                         tmp_path / "b")
+    assert main(["compare", str(a), str(b)]) == 1
+    assert re.fullmatch(r"error: .*b/submit.zip: no QC id in common with .*a/submit.zip: predictions of other "
+                        r"files\?\n", capsys.readouterr().err)
+    bad = edited(submit(tmp_path, inputs, name="c"), "QC", lambda t: t.replace('"prediction": 1', '"prediction": "y"'))
+    assert main(["compare", str(a), str(bad)]) == 1
+    assert "submit_QC.txt, line 1, field 'prediction': 'y' is not 0 or 1" in capsys.readouterr().err

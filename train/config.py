@@ -41,7 +41,7 @@ class LoraSection:
 class DataSection:
     train: list[str] = field(default_factory=list)  # competition files; QC and QI files together: a joint model
     valid: str = ""  # empty: validate on fold `fold` of `train`
-    task: str = ""  # "QC" or "QI"; empty keeps every task of the file
+    task: Literal["", "QC", "QI"] = ""  # empty keeps every task of the files
     translations: str = ""  # file of id -> English query; empty: none
     fold: int = 0  # fold held out for validation when `valid` is empty; -1 trains on all rows
     n_folds: int = 5  # folds of the grouped split
@@ -176,6 +176,20 @@ def _check_ranges(section, prefix: str) -> None:
                 raise ConfigError(f"{prefix}{name} must be {text}, got {v!r}")
 
 
+def _check_targets(lora: LoraSection, prefix: str) -> None:
+    """LoRA targets are names of the decoder's linear layers (the same in every family), each once."""
+    if not lora.targets:
+        raise ConfigError(f"{prefix}targets: empty, LoRA needs at least one of {', '.join(DEFAULT_TARGETS)}")
+    for target in lora.targets:
+        if target not in DEFAULT_TARGETS:
+            close = difflib.get_close_matches(target, DEFAULT_TARGETS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{prefix}targets: {target!r} is no linear layer of the decoder; {hint}choose from "
+                              f"{', '.join(DEFAULT_TARGETS)}")
+    if len(set(lora.targets)) < len(lora.targets):
+        raise ConfigError(f"{prefix}targets: a layer is listed more than once in {lora.targets}")
+
+
 def _check_folds(stage: "StageSection", prefix: str) -> None:
     if isinstance(stage.folds, list):
         if not stage.folds:
@@ -199,6 +213,7 @@ def _coerce(value, kind, key: str):
                 errors.append(str(e).removeprefix(f"{key}: "))
         raise ConfigError(f"{key}: {' or '.join(errors)}")
     if origin is Literal:
+        value = "" if value is None and "" in args else value  # `task:` with no value: the empty choice
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
         return value
@@ -261,6 +276,8 @@ def _build(cls, raw: dict, prefix=""):
     _check_ranges(built, prefix)
     if cls is StageSection:
         _check_folds(built, prefix)
+    if cls is LoraSection:
+        _check_targets(built, prefix)
     return built
 
 

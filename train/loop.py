@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from data.batching import BatchSampler, collate_packed, collate_padded, collate_shared, examples, micro_batches
 from data.folds import default_language_groups, split_rows
-from data.inputs import answer_token_ids, encode, group_key, model_family, pad_token_id
+from data.inputs import LengthError, answer_token_ids, encode, group_key, model_family, pad_token_id
 from data.records import Record, read_records
 from model.adapters import WEIGHTS, build_classifier, trainable_state
 from model.classifier import batch_logits, classification_loss, lm_head_rows
@@ -32,7 +32,7 @@ from train.distributed import (
     shutdown,
     use_bf16,
 )
-from train.metrics import PER_LANGUAGE, best_threshold, classification_metrics
+from train.metrics import PER_LANGUAGE, best_threshold, classification_metrics, fmt
 from train.progress import MetricsLog, Progress, plot
 from train.rundir import check_resume, lock_run_dir
 
@@ -72,8 +72,24 @@ def run_classifier(cfg: RunConfig, device: torch.device):
     classifier = build_classifier(cfg.model.path, c.r, c.alpha, c.dropout, c.targets, DTYPES[cfg.model.dtype],
                                   device, adapters=cfg.init_from or None)
     if not cfg.init_from and cfg.model.head_init == "lm_answer":
-        classifier.init_score(lm_head_rows(cfg.model.path, answer_token_ids(load_tokenizer(cfg.model.path))))
+        try:
+            answers = answer_token_ids(load_tokenizer(cfg.model.path))
+        except ValueError as e:
+            raise ConfigError(f"model.head_init: lm_answer: {e}; use head_init: random") from None
+        classifier.init_score(lm_head_rows(cfg.model.path, answers))
     return classifier
+
+
+def encode_examples(cfg: RunConfig, tokenizer, family: str, records: list[Record]) -> list:
+    """Token examples of `records` as the run's data settings make them (with translations where the records
+    have one) and grouped by the part they begin with (data.share_prefix puts the shared one first); a
+    data.max_length too short for the template is a ConfigError naming it."""
+    first = cfg.data.share_prefix
+    try:
+        ids = encode(tokenizer, family, records, cfg.data.max_length, True, cfg.data.template == "question", first)
+    except LengthError as e:
+        raise ConfigError(f"data.{e}") from None  # data.max_length=...
+    return examples(records, ids, [group_key(r, True, first) for r in records])
 
 
 def read_data_files(cfg: RunConfig, key: str) -> list[Record]:
@@ -121,20 +137,22 @@ def load_data(cfg: RunConfig, model_type: str) -> Data:
         train_records, valid_records = records, read_data_files(cfg, "valid")
     elif data_cfg.fold >= 0:  # fixed folds (data.split_seed): train.seed changes the run, not the split
         groups = held_out_groups(cfg, records)
-        train_idx, valid_idx = split_rows(records, data_cfg.fold, data_cfg.n_folds, data_cfg.group_levels,
-                                          data_cfg.split_seed, data_cfg.stratify_top_level, groups)
+        try:
+            train_idx, valid_idx = split_rows(records, data_cfg.fold, data_cfg.n_folds, data_cfg.group_levels,
+                                              data_cfg.split_seed, data_cfg.stratify_top_level, groups)
+        except ValueError as e:
+            raise ConfigError(f"data.n_folds: {e} in {data_cfg.train} at data.group_levels="
+                              f"{data_cfg.group_levels}") from None
         train_records, valid_records = [records[i] for i in train_idx], [records[i] for i in valid_idx]
         held_out = set(groups[data_cfg.fold]) if groups else set()
     else:
         train_records, valid_records = records, []
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
-    question, first = data_cfg.template == "question", data_cfg.share_prefix
-    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, data_cfg.max_length, True, question, first),  # noqa: E731
-                                  [group_key(r, True, first) for r in rs])
     everything = train_records + valid_records
-    return Data(encoded(train_records), encoded(valid_records), {r.id: r.language for r in everything},
-                {r.id: r.task for r in everything}, pad_token_id(tokenizer, family), held_out)
+    train_set, valid_set = (encode_examples(cfg, tokenizer, family, rs) for rs in (train_records, valid_records))
+    return Data(train_set, valid_set, {r.id: r.language for r in everything}, {r.id: r.task for r in everything},
+                pad_token_id(tokenizer, family), held_out)
 
 
 def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
@@ -241,7 +259,7 @@ def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
     With held-out languages, `seen_*` and `unseen_*` metrics are added, and the threshold is tuned on the seen
     languages' rows only: no figure of the unseen ones is looked at to choose anything. With rows of both tasks
     (a joint model), `QC_*` and `QI_*` metrics (each as if that task were validated alone) and their mean,
-    `task_mean_f1`.
+    `task_mean_f1` (with held-out languages also `seen_task_mean_f1`, over the seen rows of each task).
     """
     model.eval()
     valid = data.valid
@@ -272,7 +290,11 @@ def evaluate(model, data: Data, cfg: RunConfig, d: Dist) -> tuple[dict, dict]:
                           [data.languages[ids[j]] for j in picked],
                           [data.languages[ids[j]] not in data.held_out for j in picked])
             metrics.update({f"{task}_{k}": v for k, v in part.items() if not k.startswith(PER_LANGUAGE)})
-        metrics["task_mean_f1"] = sum(metrics[f"{task}_f1"] for task in tasks) / len(tasks)
+        mean = lambda f1s: None if None in f1s else sum(f1s) / len(f1s)  # noqa: E731
+        metrics["task_mean_f1"] = mean([metrics[f"{task}_f1"] for task in tasks])
+        if data.held_out:  # what may choose: the seen languages' rows of each task
+            metrics["seen_task_mean_f1"] = mean([metrics.get(f"{task}_seen_f1", metrics[f"{task}_f1"])
+                                                 for task in tasks])
     return metrics, dict(zip(ids, probs))
 
 
@@ -280,6 +302,16 @@ def group_numbers(items) -> list[int]:
     """A number per example, the same for examples of one group (data.batching.Example.group)."""
     numbers = {}
     return [numbers.setdefault(e.id if e.group is None else ("group", e.group), len(numbers)) for e in items]
+
+
+def selection_score(metrics: dict, held_out) -> tuple[str, float]:
+    """(name, value) of what chooses the best step: the competition's mean of the task F1s for a joint model, F1
+    otherwise; with held-out languages, the same over the seen languages' rows only (held-out ones choose nothing:
+    seen_task_mean_f1, seen_f1); where that F1 is undefined (no relevant validation row), minus the validation
+    loss, which always is."""
+    joint = "task_mean_f1" in metrics
+    name = ("seen_task_mean_f1" if joint else "seen_f1") if held_out else ("task_mean_f1" if joint else "f1")
+    return (name, metrics[name]) if metrics[name] is not None else ("-loss", -metrics["loss"])
 
 
 def scores(probs, labels, languages, seen) -> dict:
@@ -370,15 +402,17 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
 
     def evaluate_and_keep_best(step):
         metrics, probs = evaluate(model, data, cfg, d)
+        name, score = selection_score(metrics, held_out)
         if d.main:
             metrics_log.append(step=step, split="valid", **metrics)
-            unseen = f" | unseen {sorted(held_out)}: F1 {metrics['unseen_f1']:.4f} AUC {metrics['unseen_auc']:.4f}" \
-                if held_out else ""
-            say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {metrics['f1']:.4f} (all-positive "
-                f"{metrics['all_positive_f1']:.4f}) AUC {metrics['auc']:.4f}{unseen}")
-        # held-out languages choose nothing; a joint model is chosen by the competition's mean of the task F1s
-        score = metrics.get("task_mean_f1", metrics["seen_f1"] if held_out else metrics["f1"])
-        if score > state["best_f1"]:
+            unseen = f" | unseen {sorted(held_out)}: F1 {fmt(metrics['unseen_f1'])} AUC " \
+                     f"{fmt(metrics['unseen_auc'])}" if held_out else ""
+            say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {fmt(metrics['f1'])} (all-positive "
+                f"{fmt(metrics['all_positive_f1'])}) AUC {fmt(metrics['auc'])}{unseen}")
+            if name == "-loss" and "best" not in state:
+                say("F1 is undefined on this validation set (it has no relevant row): the best step is the one "
+                    "with the lowest validation loss")
+        if "best" not in state or score > state["best_f1"]:
             save_best(run_dir / "best", model, d, validation=probs, **best_meta(cfg, step, metrics, state, d.device))
             state.update(best_f1=score, best_step=step, best=metrics)
         return metrics

@@ -2,7 +2,6 @@
 
 A config with `stages` runs the whole recipe (train/recipe.py); without, it trains one run directory.
 """
-import argparse
 import logging
 import os
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (torchrun train/main.py): make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.cli import run_command  # noqa: E402
+from train.cli import Parser, run_command  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.loop import train  # noqa: E402
 from train.recipe import run_recipe  # noqa: E402
@@ -22,7 +21,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(description="Fine-tune a decoder + LoRA + head into a relevance classifier.")
+    parser = Parser(prog="train/main.py", description="Fine-tune a decoder + LoRA + head into a relevance classifier.")
     parser.add_argument("config", help="YAML run config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.lr=2e-4 run_dir=runs/try")
     args = parser.parse_args(argv)

@@ -4,26 +4,32 @@ Every row of a dev/test file gets a prediction: nothing is dropped, whatever its
 probabilities are cached beside it and reused only while they were computed from the same rows (cleaned text and
 translations), by the same fold model (its adapter files' hash) and base model, with the same settings.
 """
+import glob
 import hashlib
 import io
 import json
+import math
 import os
+import re
+import shutil
 import sys
+import time
 import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from data.batching import collate_shared, examples, group_batches
-from data.inputs import encode, group_key, model_family, pad_token_id
+from data.batching import collate_shared, group_batches
+from data.inputs import model_family, pad_token_id
 from data.records import TARGET_FIELD, DataError, Record, read_rows
 from model.adapters import META, WEIGHTS, build_classifier
 from model.classifier import batch_logits
-from model.loading import file_hash, load_tokenizer, read_json, resolve
+from model.loading import CheckpointError, file_hash, load_tokenizer, read_json, resolve
 from model.lora import merge_for_inference
-from train.config import DTYPES, RunConfig
+from train.config import DTYPES, ConfigError, RunConfig
 from train.distributed import use_bf16
+from train.loop import encode_examples
 from train.rundir import write_atomic
 
 CACHE = "probabilities.json"
@@ -59,6 +65,16 @@ def fingerprint(run: RunConfig, best_dir: Path, base: Path, records: list[Record
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
 
+def finite(probs: dict[str, float], source: Path) -> dict[str, float]:
+    """`probs`, or a CheckpointError naming the fold model's file when one is NaN or infinite: such a row would
+    silently count as irrelevant (every comparison with NaN is false)."""
+    bad = [i for i, p in probs.items() if not (isinstance(p, float | int) and math.isfinite(p))]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} of {len(probs)} probabilities are not finite (first id "
+                              f"{bad[0]!r}): this fold model cannot predict; retrain the fold")
+    return probs
+
+
 def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
     """Probabilities of the fold model in run.run_dir/best over `records`, and the model's tuned threshold.
     A float32 base model gets the LoRA update folded into its weights (model.lora.merge_for_inference);
@@ -79,16 +95,15 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     if cache.is_file():
         cached = read_json(cache)
         if cached.get("fingerprint") == key:
-            return cached["probabilities"], info["threshold"]
+            return finite(cached["probabilities"], cache), info["threshold"]
     classifier = build_classifier(base, info["r"], info["alpha"], 0.0, info["targets"], DTYPES[run.model.dtype],
                                   device, info["num_labels"], adapters=best_dir).eval()
     merge_for_inference(classifier)
     family = model_family(classifier.model.config.model_type)
     tokenizer = load_tokenizer(base)
-    first, question = run.data.share_prefix, run.data.template == "question"
-    items = examples(records, encode(tokenizer, family, records, run.data.max_length, True, question, first),
-                     [group_key(r, True, first) for r in records])
+    items = encode_examples(run, tokenizer, family, records)
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
+    finite(probs, best_dir / WEIGHTS)
     write_atomic(cache, json.dumps({"fingerprint": key, "probabilities": probs}, ensure_ascii=False))
     return probs, info["threshold"]
 
@@ -126,27 +141,56 @@ def submission_text(files, task: str, predictions: dict[str, int]) -> str:
     return "".join(lines)
 
 
-def write_submission(texts: dict[str, str], out_dir) -> Path:
-    """submit_<task>.txt for each task's text, and submit.zip of them. Every file is first written under a
-    temporary name, and only when all are complete are they renamed into place: a failure (a full disk, say)
-    leaves the previous submission whole."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {f"submit_{task}.txt": text.encode() for task, text in sorted(texts.items())}
+SUBMISSION_FILES = re.compile(r"submit(_\w+\.txt|\.zip)|\.tmp-submit.*")  # what a submission directory holds
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # every member's time: the same predictions give the same zip, byte for byte
+
+
+def submission_zip(files: dict[str, bytes]) -> bytes:
+    """submit.zip of `files`, members in name order with fixed times and permissions: reproducible bytes."""
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, content in files.items():
-            z.writestr(name, content)
-    files["submit.zip"] = archive.getvalue()
-    written = []
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+            info.compress_type, info.create_system, info.external_attr = zipfile.ZIP_DEFLATED, 3, 0o644 << 16
+            z.writestr(info, files[name])
+    return archive.getvalue()
+
+
+def write_submission(texts: dict[str, str], out_dir) -> Path:
+    """submit_<task>.txt for each task's text and submit.zip of them, published as one unit: they are written
+    into a fresh hidden directory beside out_dir, and out_dir is a symbolic link to it, replaced in one rename. A
+    reader (or a kill at any point) sees the previous submission or the new one, never a mix; versions left by a
+    kill are removed by the next publish. An out_dir that is a real directory of submission files (an older
+    layout) is first moved aside; one holding anything else is refused."""
+    out_dir = Path(out_dir)
+    parent, name = out_dir.parent, out_dir.name
+    parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"predict.out_dir {out_dir}: is a file, not a directory")
+    if out_dir.is_dir() and not out_dir.is_symlink():
+        other = sorted(p.name for p in out_dir.iterdir() if not SUBMISSION_FILES.fullmatch(p.name))
+        if other:
+            raise ConfigError(f"predict.out_dir {out_dir}: holds {other[0]!r}, which is no submission file; "
+                              f"choose a directory of its own for the submission")
+    files = {f"submit_{task}.txt": text.encode() for task, text in sorted(texts.items())}
+    files["submit.zip"] = submission_zip(files)
+    version = parent / f".{name}.{time.time_ns()}-{os.getpid()}"
     try:
-        for name, content in files.items():
-            written.append(out_dir / f".tmp-{name}")
-            written[-1].write_bytes(content)
+        version.mkdir()
+        for file, content in files.items():
+            (version / file).write_bytes(content)
+        link = version.with_name(version.name + ".link")
+        os.symlink(version.name, link)
     except BaseException:
-        for tmp in written:
-            tmp.unlink(missing_ok=True)
+        shutil.rmtree(version, ignore_errors=True)
         raise
-    for name, tmp in zip(files, written):
-        os.replace(tmp, out_dir / name)
+    if out_dir.is_dir() and not out_dir.is_symlink():
+        os.rename(out_dir, version.with_name(version.name + ".old"))
+    os.replace(link, out_dir)
+    for stale in parent.glob(f".{glob.escape(name)}.*"):  # earlier versions, and whatever a kill left
+        if stale.name != version.name:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
     return out_dir / "submit.zip"

@@ -5,6 +5,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from train.metrics import fmt
 from train.rundir import write_atomic
 
 
@@ -46,8 +47,9 @@ class MetricsLog:
             write_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def append(self, **record) -> None:
+        """One line; an undefined metric is None (null): NaN is not JSON, so it raises here rather than later."""
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def read(self) -> list[dict]:
         return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
@@ -57,15 +59,17 @@ CURVE_KEYS = ("loss", "f1", "auc", "all_positive_f1", "QC_f1", "QC_auc", "QI_f1"
 
 
 def text_curve(rows: list[dict]) -> str:
-    """The validation curves as a table, one line per evaluation, with a bar for ROC-AUC from 0.5 to 1."""
+    """The validation curves as a table, one line per evaluation, with a bar for ROC-AUC from 0.5 to 1; "n/a"
+    (and no bar) where a metric is undefined."""
     valid = [r for r in rows if r["split"] == "valid"]
     keys = [k for k in CURVE_KEYS if valid and k in valid[0]]
     auc = next((k for k in keys if k.endswith("auc")), None)
     scale = f"  {auc} 0.5 " if auc else ""
     lines = [" ".join(f"{k:>15}" for k in ["step", *keys]) + (f"{scale}|{' ' * 40}| 1.0" if auc else "")]
     for r in valid:
-        bar = f"{' ' * len(scale)}|{'#' * round(min(max(r[auc] - 0.5, 0.0), 0.5) * 80)}" if auc else ""
-        lines.append(" ".join([f"{r['step']:>15}", *(f"{r[k]:>15.4f}" for k in keys)]) + bar)
+        bar = f"{' ' * len(scale)}|{'#' * round(min(max(r[auc] - 0.5, 0.0), 0.5) * 80)}" \
+            if auc and r[auc] is not None else ""
+        lines.append(" ".join([f"{r['step']:>15}", *(f"{fmt(r[k]):>15}" for k in keys)]) + bar)
     return "\n".join(lines) + "\n"
 
 
@@ -89,7 +93,7 @@ def plot(metrics_log: MetricsLog, run_dir) -> str:
     left.set(xlabel="step", ylabel="loss", title="loss")
     for key in ("f1", "auc", "all_positive_f1"):
         if valid and key in valid[0]:
-            right.plot([r["step"] for r in valid], [r[key] for r in valid],
+            right.plot([r["step"] for r in valid], [float("nan") if r[key] is None else r[key] for r in valid],
                        "o-" if key != "all_positive_f1" else "--", label=key)
     right.set(xlabel="step", title="validation")
     for ax in (left, right):

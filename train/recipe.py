@@ -6,6 +6,7 @@ run). The method's recipe is two stages per target task: the other task's full d
 Each run has its own directory, run_dir/<stage>/<fold k | full>; a run that finished is not redone.
 `predict(cfg)` alone (`python -m train.commands.predict`) predicts again from trained folds.
 """
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from model.loading import read_json
 from train.checkpoint import VALIDATION
 from train.config import ConfigError, RunConfig, StageSection, merge_section
 from train.loop import read_data_files, train
+from train.metrics import fmt
 from train.predict import ensemble, predict_fold, submission_text, write_submission
 from train.rundir import RunLock, write_atomic
 from train.thresholds import Thresholds, choose, tune
@@ -56,12 +58,12 @@ def check_stages(cfg: RunConfig) -> None:
         if stage.init_from and stage.init_from not in seen:
             raise ConfigError(f"{where}: init_from {stage.init_from!r} is not an earlier stage")
         seen.add(stage.name)
+        source = next((s for s in cfg.stages if s.name == stage.init_from), None)
+        if source and source.folds != "full" and (stage.folds == "full" or set(stage.folds) - set(source.folds)):
+            raise ConfigError(f"{where}: init_from {source.name!r} trains folds {source.folds}, so it has no run for "
+                              f"each of this stage's folds {stage.folds} to start from")
         for fold in fold_names(stage):
-            run = stage_run(cfg, stage, fold)
-            if run.data.task not in ("QC", "QI", ""):
-                raise ConfigError(f"{where}: data.task must be QC, QI or empty (every task of the files), got "
-                                  f"{run.data.task!r}")
-            run.check()
+            stage_run(cfg, stage, fold).check()
 
 
 def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
@@ -136,28 +138,35 @@ def summary(cfg: RunConfig, results: dict) -> str:
         held_out = sorted({lang for _, r in rows for lang in r.get("held_out", [])})
         columns += [(f"{head} {lang}", f"{key}_{lang}") for lang in held_out
                     for head, key in (("AUC", "auc"), ("a-p", "all_positive_f1"))]
-        table = [[fold] + [r.get(key, float("nan")) for _, key in columns] for fold, r in rows]
-        table.append(["mean"] + [sum(row[i] for row in table) / len(table) for i in range(1, len(columns) + 1)])
+        table = [[fold] + [r.get(key) for _, key in columns] for fold, r in rows]
+        table.append(["mean"] + [mean_of([row[i] for row in table]) for i in range(1, len(columns) + 1)])
         data = stage_data(cfg, stage)
         split = f", held-out languages {[r.get('held_out') for _, r in rows]}" if data.split == "languages" else ""
         lines.append(f"{stage.name} ({'+'.join(stage_tasks(cfg, stage))}, validation{split})")
         lines.append("".join(f"{h:>11}" for h in ["fold"] + [head for head, _ in columns]))
-        lines += ["".join(f"{v:>11}" if isinstance(v, str) else f"{v:>11.4f}" for v in row) for row in table]
+        lines += ["".join(f"{v:>11}" if isinstance(v, str) else f"{fmt(v):>11}" for v in row) for row in table]
         mean = dict(zip([key for _, key in columns], table[-1][1:]))
         for task in stage_tasks(cfg, stage):
             scores[stage.name, task] = mean.get(f"{task}_f1", mean["f1"])
     finals = {task: scores[s.name, task] for task, s in final_stages(cfg).items() if (s.name, task) in scores}
     if {"QC", "QI"} <= finals.keys():
-        lines.append(f"F1_avg = 0.5 F1_QC + 0.5 F1_QI = {0.5 * finals['QC'] + 0.5 * finals['QI']:.4f}")
+        both = None if None in (finals["QC"], finals["QI"]) else 0.5 * finals["QC"] + 0.5 * finals["QI"]
+        lines.append(f"F1_avg = 0.5 F1_QC + 0.5 F1_QI = {fmt(both)}")
     for task, stage in final_stages(cfg).items():
         oof = out_of_fold(cfg, stage, task)
         if oof:
             choice, f1s = threshold_choice(cfg, oof)
-            scored = ", ".join(f"{c} {f1:.4f}" for c, f1 in f1s.items())
+            scored = ", ".join(f"{c} {fmt(f1)}" for c, f1 in f1s.items())
             lines.append(f"{task} thresholds, out-of-fold F1 of each choice over {len(oof['ids'])} rows "
                          f"({'cross-fitted' if len(set(oof['folds'])) > 1 else 'in-sample: one fold'}): {scored}; "
                          f"predictions use {choice}")
     return "\n".join(lines)
+
+
+def mean_of(values) -> float | None:
+    """The mean of the defined values (a fold whose metric is undefined is left out); None when none is."""
+    defined = [v for v in values if v is not None]
+    return sum(defined) / len(defined) if defined else None
 
 
 def out_of_fold(cfg: RunConfig, stage: StageSection, task: str) -> dict | None:
@@ -184,6 +193,16 @@ def threshold_choice(cfg: RunConfig, oof: dict) -> tuple[str, dict[str, float]]:
     return (best if cfg.predict.threshold == "auto" else str(cfg.predict.threshold)), f1s
 
 
+def fold_weight(result: dict, task: str, p, where: str) -> float:
+    """A fold's weight in a weighted ensemble: its validation F1 on `task` (a joint model's per-task F1) to the
+    power predict.weight_power; an F1 that is undefined (no relevant validation row) weighs nothing defined."""
+    f1 = result.get(f"{task}_f1", result.get("f1", 1.0))
+    if f1 is None:
+        raise ConfigError(f"predict.ensemble: {p.ensemble} weighs folds by validation F1, which is undefined for "
+                          f"{where} (no relevant validation row); use mean or vote")
+    return f1 ** p.weight_power
+
+
 def predict(cfg: RunConfig) -> Path:
     """Every fold model of each task's final stage over the predict files, ensembled into submit.zip.
 
@@ -205,34 +224,45 @@ def predict(cfg: RunConfig) -> Path:
         if task not in finals:
             raise ConfigError(f"predict.files: {path} holds {task} rows, but no stage trains {task}")
         files_of.setdefault(task, []).append(path)
-    texts = {}
-    for task, files in files_of.items():
-        stage, data = finals[task], stage_data(cfg, finals[task])
-        records, source = [], {}
-        for path in files:  # read_records(task=...) names the line of a row of another task
-            for r in read_records(path, task, data.translations or None, data.lowercase, training=False):
-                if r.id in source:
-                    raise DataError(path, None, "id", f"id {r.id!r} is also in {source[r.id]}: an id may appear "
-                                                      f"only once among the {task} files")
-                source[r.id] = path
-                records.append(r)
-        fold_probs, weights = [], []
-        for fold in fold_names(stage):
-            probs, _ = predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)
-            fold_probs.append(probs)
-            result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
-            f1 = result.get(f"{task}_f1", result.get("f1", 1.0))  # a joint model's F1 on this task
-            weights.append(f1 ** p.weight_power if p.ensemble.startswith("weighted") else 1.0)
-        oof = out_of_fold(cfg, stage, task)
-        if oof:
-            thresholds, choice = tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
-        elif isinstance(p.threshold, str) and p.threshold != "auto":
-            raise ConfigError(f"predict.threshold: {p.threshold} needs out-of-fold probabilities, and stage "
-                              f"{stage.name} trained on all data")
-        else:
-            thresholds, choice = Thresholds(0.5), "global" if p.threshold == "auto" else str(p.threshold)
-        language = {r.id: r.language for r in records}
-        predictions = ensemble(fold_probs, weights, lambda i: thresholds.of(choice, language[i]),
-                               vote=p.ensemble.endswith("vote"))
-        texts[task] = submission_text(files, task, predictions)
-    return write_submission(texts, p.out_dir or Path(cfg.run_dir) / "submission")
+    with contextlib.ExitStack() as locks:  # every fold read, against a training writing into one meanwhile
+        for task in files_of:
+            for fold in fold_names(finals[task]):
+                locks.enter_context(RunLock(Path(cfg.run_dir) / finals[task].name / fold, shared=True))
+        texts = {task: task_submission(cfg, finals[task], task, files, device) for task, files in files_of.items()}
+        return write_submission(texts, p.out_dir or Path(cfg.run_dir) / "submission")
+
+
+def task_submission(cfg: RunConfig, stage: StageSection, task: str, files: list[str], device) -> str:
+    """submit_<task>.txt of `files`: the fold models of `stage` ensembled, against the out-of-fold thresholds."""
+    p = cfg.predict
+    data = stage_data(cfg, stage)
+    records, source = [], {}
+    for path in files:  # read_records(task=...) names the line of a row of another task
+        for r in read_records(path, task, data.translations or None, data.lowercase, training=False):
+            if r.id in source:
+                raise DataError(path, None, "id", f"id {r.id!r} is also in {source[r.id]}: an id may appear "
+                                                  f"only once among the {task} files")
+            source[r.id] = path
+            records.append(r)
+    fold_probs, weights = [], []
+    for fold in fold_names(stage):
+        probs, _ = predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)
+        fold_probs.append(probs)
+        result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
+        weights.append(fold_weight(result, task, p, f"{stage.name}/{fold}") if p.ensemble.startswith("weighted")
+                       else 1.0)
+    if not sum(weights):
+        raise ConfigError(f"predict.weight_power: every fold of {stage.name} weighs 0 (validation F1 ** "
+                          f"{p.weight_power}); use a smaller power, or predict.ensemble mean or vote")
+    oof = out_of_fold(cfg, stage, task)
+    if oof:
+        thresholds, choice = tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
+    elif isinstance(p.threshold, str) and p.threshold != "auto":
+        raise ConfigError(f"predict.threshold: {p.threshold} needs out-of-fold probabilities, and stage "
+                          f"{stage.name} trained on all data")
+    else:
+        thresholds, choice = Thresholds(0.5), "global" if p.threshold == "auto" else str(p.threshold)
+    language = {r.id: r.language for r in records}
+    predictions = ensemble(fold_probs, weights, lambda i: thresholds.of(choice, language[i]),
+                           vote=p.ensemble.endswith("vote"))
+    return submission_text(files, task, predictions)

@@ -30,15 +30,19 @@ def write_atomic(path, content: str | bytes) -> None:
 
 
 class RunLock:
-    """An exclusive flock on DIR/.lock, naming its holder inside; the OS releases it when the process dies, so a
-    killed run leaves no stale lock. Raises ConfigError at once when another process holds it."""
+    """An flock on DIR/.lock, naming its holder inside; the OS releases it when the process dies, so a killed run
+    leaves no stale lock. Exclusive for a run (or a recipe) that writes there; `shared` for a prediction that
+    only reads a trained run: any number of readers, but never next to a writer. Raises ConfigError at once,
+    naming the holder, when it cannot be had."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, shared: bool = False):
         directory = Path(directory)
+        if shared and not directory.is_dir():
+            raise ConfigError(f"run_dir {directory}: not found (is the run trained?)")
         directory.mkdir(parents=True, exist_ok=True)
         self.file = open(directory / ".lock", "a+")
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.file, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.seek(0)
             holder = self.file.read().strip() or "another process"
@@ -46,13 +50,19 @@ class RunLock:
             raise ConfigError(f"run_dir {directory}: in use by {holder}; wait for it to finish or choose another "
                               f"run_dir") from None
         self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        self.file.truncate()  # readers share the lock: the last to arrive is named
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()}{' (predicting)' if shared else ''}\n")
         self.file.flush()
 
     def release(self) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def lock_run_dir(directory, d: Dist) -> RunLock | None:

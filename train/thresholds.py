@@ -43,7 +43,7 @@ def tune(probs, labels, languages) -> Thresholds:
     return Thresholds(global_, per_language)
 
 
-def cross_fitted_f1(probs, labels, languages, folds, choice) -> float:
+def cross_fitted_f1(probs, labels, languages, folds, choice) -> float | None:
     """Positive-class F1 of `choice` over all rows, fold k's rows thresholded as tuned on the other folds (on all
     rows when there is a single fold: then the figure is in-sample)."""
     probs, labels, languages, folds = map(np.asarray, (probs, labels, languages, folds))
@@ -60,5 +60,6 @@ def cross_fitted_f1(probs, labels, languages, folds, choice) -> float:
 def choose(probs, labels, languages, folds) -> tuple[str, dict[str, float]]:
     """The choice with the best cross-fitted F1 among 0.5, global and per_language, and each one's F1."""
     scores = {str(c): cross_fitted_f1(probs, labels, languages, folds, c) for c in (0.5, "global", "per_language")}
-    best = max(scores, key=lambda c: (scores[c], c == "global"))  # a tie goes to the simpler global threshold
+    # a tie goes to the simpler global threshold; an undefined F1 (no relevant row) ties every choice
+    best = max(scores, key=lambda c: (-1.0 if scores[c] is None else scores[c], c == "global"))
     return best, scores

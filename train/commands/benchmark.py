@@ -61,8 +61,8 @@ from data.inputs import encode, group_key, model_family, pad_token_id
 from data.records import read_records
 from model.loading import read_config, read_json
 from model.lora import DEFAULT_TARGETS
-from train.cli import run_command
-from train.distributed import native_bf16
+from train.cli import Parser, integer, run_command
+from train.distributed import cpu_flags, native_bf16
 
 SHAPES = {  # Hugging Face config fields; the 0.6b / 1b shapes are Qwen3-0.6B's and gemma-3-1b-pt's
     "qwen3-tiny": dict(model_type="qwen3", vocab_size=151936, hidden_size=512, intermediate_size=1536,
@@ -309,10 +309,19 @@ def reset_peak_memory(cuda: bool):
         Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current resident set
 
 
+def cpu_name() -> str:
+    """The CPU's model, torch's kernel capability and its bf16 flags: what decides a precision's speed."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    bf16 = sorted({"avx512_bf16", "amx_bf16"} & cpu_flags()) or ["no bf16 flags"]
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}, {' '.join(bf16)})"
+
+
 def table(results: dict, params: int, non_embedding: int, args) -> str:
     """A row per configuration and precision; ratios against transformers + PEFT in its faster precision."""
     cuda = args.device == "cuda"
-    device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads or torch.get_num_threads()} threads"
+    threads = args.threads or torch.get_num_threads()
+    device = torch.cuda.get_device_name() if cuda else f"{cpu_name()}, {threads} threads"
 
     def speed(r):
         return r["examples"] / r["seconds"]
@@ -351,19 +360,19 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m train.commands.benchmark", description=__doc__.split("\n")[0])
+def _main(argv) -> None:
+    parser = Parser(prog="python -m train.commands.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--model-shape", choices=list(SHAPES), default="qwen3-tiny")
     parser.add_argument("--model", type=Path, help="a Hugging Face checkpoint directory (real weights and its own "
                         "tokenizer) instead of a random one of --model-shape")
-    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, round-robin; the "
+    parser.add_argument("--steps", type=integer(1), default=40, help="timed optimizer steps")
+    parser.add_argument("--repeats", type=integer(1), default=2, help="runs of each configuration, round-robin; the "
                         "fastest counts (other processes on the machine only ever slow a run down)")
-    parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16, help="examples per training step")
-    parser.add_argument("--inference-batch-size", type=int, default=64, help="examples per inference batch")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per example, and per packed row")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--warmup", type=integer(0), default=4)
+    parser.add_argument("--batch-size", type=integer(1), default=16, help="examples per training step")
+    parser.add_argument("--inference-batch-size", type=integer(1), default=64, help="examples per inference batch")
+    parser.add_argument("--max-length", type=integer(8), default=128, help="tokens per example, and per packed row")
+    parser.add_argument("--threads", type=integer(0), default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: bf16 on CUDA; float32 and "
                         "bf16 on a CPU with native bf16 products, float32 alone on others")
@@ -406,5 +415,9 @@ def main(argv=None):
         sys.exit(1)
 
 
+def main(argv=None) -> int:
+    return run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_command(main, sys.argv[1:]))
+    sys.exit(main())

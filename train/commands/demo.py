@@ -9,7 +9,6 @@ stage's first fold (its metrics.txt), so the learning is visible without matplot
     python -m train.commands.demo [key.sub=value ...]        # overrides of configs/demo.yaml, e.g. train.max_steps=5
     python -m train.commands.demo configs/demo-joint.yaml    # another demo config
 """
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from data.inputs import TEMPLATES
 from data.records import read_rows
 from model import Decoder, ModelConfig
 from model.export import export_merged
-from train.cli import run_command
+from train.cli import Parser, run_command
 from train.config import load_config
 from train.main import main as train_main
 from train.recipe import final_stages, fold_names
@@ -68,7 +67,7 @@ def build_model(directory: Path) -> None:
 
 
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.commands.demo", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m train.commands.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key.sub=value",
                         help=f"a demo config (default {CONFIG.relative_to(ROOT)}), then overrides of it")
     args = parser.parse_args(argv).args

@@ -9,13 +9,12 @@ seed:
 
     python -m train.commands.demo_data [OUT_DIR] [--seed S] [--train-rows N] [--test-rows N]
 """
-import argparse
 import json
 import random
 import sys
 from pathlib import Path
 
-from train.cli import run_command
+from train.cli import Parser, integer, run_command
 
 LANGUAGES = ("en", "es", "fr", "ja", "ko", "pt", "de")
 # product: (department, words in LANGUAGES order). A category path is department,shelf,product with a shelf drawn
@@ -86,11 +85,11 @@ def write(out_dir, seed: int = 0, n_train: int = 1000, n_test: int = 120) -> Non
 
 
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.commands.demo_data", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m train.commands.demo_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", nargs="?", default="configs/demo", help="where to write (default configs/demo)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-rows", type=int, default=1000, help="rows per task in the training files")
-    parser.add_argument("--test-rows", type=int, default=120, help="rows per task in the test files")
+    parser.add_argument("--seed", type=integer(0), default=0)
+    parser.add_argument("--train-rows", type=integer(1), default=1000, help="rows per task in the training files")
+    parser.add_argument("--test-rows", type=integer(1), default=120, help="rows per task in the test files")
     args = parser.parse_args(argv)
     write(args.out_dir, args.seed, args.train_rows, args.test_rows)
     return 0

@@ -2,33 +2,39 @@
 
     python -m train.commands.padding FILE TOKENIZER_DIR FAMILY [--batch-size B --max-length L --row-tokens R]
 """
-import argparse
 import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from data.batching import BatchSampler, collate_packed, collate_padded, examples, padding_waste
-from data.inputs import encode, pad_token_id
+from data.inputs import LengthError, encode, pad_token_id
 from data.records import read_records
-from train.cli import run_command
+from train.cli import Parser, integer, run_command
+from train.config import ConfigError
 
 
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.commands.padding", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m train.commands.padding", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path)
     parser.add_argument("tokenizer", type=Path, help="folder with the model's tokenizer.json")
     parser.add_argument("family", choices=["qwen", "gemma"])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--row-tokens", type=int, default=128, help="token budget of a packed row")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=integer(1), default=16)
+    parser.add_argument("--max-length", type=integer(8), default=128)
+    parser.add_argument("--row-tokens", type=integer(1), default=128, help="token budget of a packed row")
+    parser.add_argument("--seed", type=integer(0), default=0)
     args = parser.parse_args(argv)
+    if args.row_tokens < args.max_length:
+        parser.error(f"argument --row-tokens: must hold one example of --max-length {args.max_length}, got "
+                     f"{args.row_tokens}")
     records = read_records(args.file, training=False)
     if not (args.tokenizer / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{args.tokenizer / 'tokenizer.json'}: not found")
     tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
-    data = examples(records, encode(tokenizer, args.family, records, args.max_length, translate=False))
+    try:
+        data = examples(records, encode(tokenizer, args.family, records, args.max_length, translate=False))
+    except LengthError as e:
+        raise ConfigError(f"--max-length: {e}") from None
     pad, lengths = pad_token_id(tokenizer, args.family), [len(e.input_ids) for e in data]
     print(f"{len(data)} examples, {sum(lengths) / len(data):.1f} tokens on average, batches of {args.batch_size}")
     for name, grouped, collate in [

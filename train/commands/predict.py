@@ -3,17 +3,16 @@
 For new files (`predict.files=[a.txt,b.txt]`), another ensemble or threshold (`predict.ensemble=vote`), or a base
 model that moved (`model.path=NEW`). Writes run_dir/submission/ (or predict.out_dir) as the recipe does.
 """
-import argparse
 import sys
 
-from train.cli import run_command
+from train.cli import Parser, run_command
 from train.config import ConfigError, load_config
 from train.recipe import predict
 from train.rundir import RunLock
 
 
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.commands.predict", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m train.commands.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the recipe's YAML config (its run_dir holds the trained folds)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. predict.files=[test_QC.txt]")
     args = parser.parse_args(argv)

@@ -7,29 +7,34 @@ SUBMISSION is submit.zip or one submit_<task>.txt. `check` requires every input 
 input's language and query, a 0/1 prediction, and a file for each task of the inputs. `compare` prints the share
 of predictions that differ, per task and language, and with labelled files (a dev set) each one's F1.
 """
-import argparse
 import json
 import sys
 import zipfile
 from collections import defaultdict
 from pathlib import Path
 
-from data.records import TARGET_FIELD, DataError, read_rows
-from train.cli import run_command
-from train.metrics import classification_metrics
+from data.records import TARGET_FIELD, DataError, read_records, read_rows
+from train.cli import Parser, run_command
+from train.metrics import classification_metrics, fmt
 
 
 def read_submission(path) -> dict[str, list[tuple[int, dict]]]:
-    """task -> (line, row) pairs of a submit.zip or a submit_<task>.txt; rows must be JSON objects."""
+    """task -> (line, row) pairs of a submit.zip or a submit_<task>.txt; a damaged zip, text that is not UTF-8 or
+    a row that is not a JSON object is a DataError naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            texts = {Path(name).stem.removeprefix("submit_"): (f"{path}:{name}", z.read(name).decode("utf-8"))
-                     for name in z.namelist() if name.endswith(".txt")}
-    else:
-        texts = {path.stem.removeprefix("submit_"): (str(path), path.read_text(encoding="utf-8"))}
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                texts = {Path(name).stem.removeprefix("submit_"): (f"{path}:{name}", z.read(name).decode("utf-8"))
+                         for name in z.namelist() if name.endswith(".txt")}
+        elif path.read_bytes().startswith(b"PK"):
+            raise DataError(path, None, None, "not a whole zip file (truncated?)")
+        else:
+            texts = {path.stem.removeprefix("submit_"): (str(path), path.read_text(encoding="utf-8"))}
+    except (zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise DataError(path, None, None, f"unreadable ({e})") from None
     out = {}
     for task, (where, text) in texts.items():
         if task not in TARGET_FIELD:
@@ -38,9 +43,12 @@ def read_submission(path) -> dict[str, list[tuple[int, dict]]]:
         for line, content in enumerate(text.split("\n"), 1):
             if content.strip():
                 try:
-                    rows.append((line, json.loads(content)))
+                    row = json.loads(content)
                 except json.JSONDecodeError as e:
                     raise DataError(where, line, None, f"malformed JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(where, line, None, f"expected a JSON object, got {type(row).__name__}")
+                rows.append((line, row))
         out[task] = rows
     return out
 
@@ -79,15 +87,33 @@ def check(submission, inputs) -> list[str]:
     return problems
 
 
+def predictions(path, task: str, rows) -> dict[str, tuple]:
+    """id -> (prediction, language) of one task's rows; a row without an id or a 0/1 prediction names its line."""
+    out = {}
+    for line, row in rows:
+        if "id" not in row:
+            raise DataError(f"{path}:submit_{task}.txt", line, "id", "missing")
+        if row.get("prediction") not in (0, 1) or isinstance(row.get("prediction"), bool):
+            raise DataError(f"{path}:submit_{task}.txt", line, "prediction", f"{row.get('prediction')!r} is not 0 "
+                                                                               f"or 1")
+        out[str(row["id"])] = (row["prediction"], row.get("language"))
+    return out
+
+
 def compare(a, b, labelled=()) -> str:
     """The share of differing predictions per task and language, and each submission's F1 on labelled rows."""
     subs = [read_submission(a), read_submission(b)]
-    labels = {(row.get("task"), str(row.get("id"))): int(row["label"]) for path in labelled
-              for _, row in read_rows(path) if row.get("label") not in (None, "")}
+    labels = {(r.task, r.id): r.label for path in labelled for r in read_records(path, training=False)
+              if r.label is not None}
+    tasks = sorted(set(subs[0]) & set(subs[1]))
+    if not tasks:
+        raise DataError(b, None, None, f"no task in common with {a}")
     lines = []
-    for task in sorted(set(subs[0]) & set(subs[1])):
-        preds = [{str(r["id"]): (r["prediction"], r.get("language")) for _, r in sub[task]} for sub in subs]
+    for task in tasks:
+        preds = [predictions(path, task, sub[task]) for path, sub in zip((a, b), subs)]
         common = sorted(preds[0].keys() & preds[1].keys())
+        if not common:
+            raise DataError(b, None, None, f"no {task} id in common with {a}: predictions of other files?")
         by_language = defaultdict(list)
         for id_ in common:
             by_language[preds[0][id_][1]].append(preds[0][id_][0] != preds[1][id_][0])
@@ -100,13 +126,13 @@ def compare(a, b, labelled=()) -> str:
             for name, pred in zip((a, b), preds):
                 m = classification_metrics([pred[i][0] for i in scored], [labels[task, i] for i in scored],
                                            [pred[i][1] for i in scored])
-                per = ", ".join(f"{k[3:]} {v:.4f}" for k, v in m.items() if k.startswith("f1_"))
-                lines.append(f"  {name}: F1 {m['f1']:.4f} on {len(scored)} labelled rows; {per}")
+                per = ", ".join(f"{k[3:]} {fmt(v)}" for k, v in m.items() if k.startswith("f1_"))
+                lines.append(f"  {name}: F1 {fmt(m['f1'])} on {len(scored)} labelled rows; {per}")
     return "\n".join(lines)
 
 
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.commands.submission", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m train.commands.submission", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     checking = commands.add_parser("check", help="a submission against its input files")
     checking.add_argument("submission", type=Path)

@@ -23,7 +23,7 @@ from data.batching import Example, collate_padded
 from model import load_pretrained
 from model.generate import generate
 from model.loading import load_tokenizer, read_json, resolve
-from train.cli import run_command
+from train.cli import Parser, integer, run_command
 from train.distributed import barrier, init_distributed, shutdown
 from train.rundir import write_atomic
 
@@ -112,14 +112,14 @@ def translate(decoder, prompter: Prompter, queries: list[str], part: Path, batch
         say(f"translated {done}/{len(prompts)} queries ({done / (time.perf_counter() - began):.1f}/s)")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.commands.translate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv) -> None:
+    parser = Parser(prog="python -m train.commands.translate", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help="competition files (JSON lines or CSV)")
     parser.add_argument("--model", required=True, help="instruction-tuned checkpoint: local directory or hub id")
     parser.add_argument("--output", required=True, type=Path, help="the origin_query, translated_query JSON-lines file")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=integer(1), default=32)
+    parser.add_argument("--max-new-tokens", type=integer(1), default=48)
     parser.add_argument("--skip-english", action="store_true", help="rows with language 'en' keep their query")
     args = parser.parse_args(argv)
 
@@ -153,5 +153,9 @@ def main(argv=None) -> None:
     shutdown(dist)
 
 
+def main(argv=None) -> int:
+    return run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_command(main, sys.argv[1:]))
+    sys.exit(main())
