@@ -9,7 +9,14 @@ from safetensors.torch import load_file
 from model.classifier import load_classifier
 from model.loading import CheckpointError
 from model.lora import add_lora
-from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
+from train.checkpoint import (
+    LoopState,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_point,
+    save_best,
+    save_checkpoint,
+)
 from train.distributed import Dist
 
 from fixtures import make_checkpoint
@@ -41,7 +48,9 @@ def test_round_trip_restores_weights_optimizer_and_rng(trained, tmp_path):
     before, moments = trainable(model), {k: {n: v.clone() for n, v in s.items()} for k, s in optimizer.state.items()}
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     torch.manual_seed(123)
-    path = save_checkpoint(tmp_path / "run", 7, model, optimizer, {"best_f1": 0.5}, ONE, keep_last=2)
+    saved = LoopState(epoch=1, batch_in_epoch=3, global_batch=8, best_score=0.5, best_step=6, best={"f1": 0.5},
+                      init={"path": "x", "sha256": "ab"})
+    path = save_checkpoint(tmp_path / "run", 7, model, optimizer, saved, ONE, keep_last=2)
     expected_draw = torch.rand(3)
     with torch.no_grad():
         for p in model.parameters():
@@ -50,7 +59,7 @@ def test_round_trip_restores_weights_optimizer_and_rng(trained, tmp_path):
     torch.rand(5)
 
     state = load_checkpoint(path, model, optimizer, ONE)
-    assert state["step"] == 7 and state["best_f1"] == 0.5
+    assert state == LoopState(**{**vars(saved), "step": 7})
     assert all(torch.equal(before[n], p) for n, p in trainable(model).items())
     for p, saved in moments.items():
         for key, value in saved.items():
@@ -63,7 +72,7 @@ def test_round_trip_restores_weights_optimizer_and_rng(trained, tmp_path):
 
 def test_files_are_safetensors_and_json_only(trained, tmp_path):
     model, optimizer = trained
-    path = save_checkpoint(tmp_path / "run", 1, model, optimizer, {}, ONE, keep_last=2)
+    path = save_checkpoint(tmp_path / "run", 1, model, optimizer, LoopState(), ONE, keep_last=2)
     assert sorted(p.name for p in path.iterdir()) == [
         "adapters.json", "adapters.safetensors", "optimizer.safetensors", "rng-rank0.safetensors", "state.json"]
     weights = load_file(path / "adapters.safetensors")
@@ -76,7 +85,7 @@ def test_only_the_last_k_are_kept_and_partial_writes_are_ignored(trained, tmp_pa
     model, optimizer = trained
     run = tmp_path / "run"
     for step in range(1, 5):
-        save_checkpoint(run, step, model, optimizer, {}, ONE, keep_last=2)
+        save_checkpoint(run, step, model, optimizer, LoopState(), ONE, keep_last=2)
     (run / "checkpoints" / ".tmp-step-00000009").mkdir()  # a write killed half-way
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000004"]
     assert latest_checkpoint(run).name == "step-00000004"
@@ -107,14 +116,14 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_resumes(trained
     model, optimizer = trained
     run = tmp_path / "run"
     for step in (3, 4):
-        save_checkpoint(run, step, model, optimizer, {}, ONE, keep_last=2)
+        save_checkpoint(run, step, model, optimizer, LoopState(), ONE, keep_last=2)
     newest = run / "checkpoints" / "step-00000004"
     damage(newest)
     with pytest.raises(CheckpointError, match=str(newest / named)):
         load_checkpoint(newest, model, optimizer, ONE)
     assert resume_point(run) == run / "checkpoints" / "step-00000003"
     assert f"skipping damaged checkpoint: {newest / named}" in caplog.text
-    assert load_checkpoint(resume_point(run), model, optimizer, ONE)["step"] == 3
+    assert load_checkpoint(resume_point(run), model, optimizer, ONE).step == 3
     damage(run / "checkpoints" / "step-00000003")
     with pytest.raises(CheckpointError, match=f"{run}: no readable checkpoint"):
         resume_point(run)
@@ -122,11 +131,11 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_resumes(trained
 
 def test_a_lost_rank_rng_state_is_an_error_and_an_extra_rank_is_warned(trained, tmp_path, caplog):
     model, optimizer = trained
-    path = save_checkpoint(tmp_path / "run", 2, model, optimizer, {}, ONE, keep_last=2)
+    path = save_checkpoint(tmp_path / "run", 2, model, optimizer, LoopState(), ONE, keep_last=2)
     (path / "rng-rank0.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"rng-rank0.safetensors: missing \(the checkpoint was written by 1"):
         load_checkpoint(path, model, optimizer, ONE)
-    path = save_checkpoint(tmp_path / "run", 3, model, optimizer, {}, ONE, keep_last=2)
+    path = save_checkpoint(tmp_path / "run", 3, model, optimizer, LoopState(), ONE, keep_last=2)
     load_checkpoint(path, model, optimizer, Dist(rank=1, world_size=2, device=torch.device("cpu")))
     assert "no RNG state for rank 1 (written by 1 ranks)" in caplog.text
 
@@ -135,8 +144,20 @@ def test_written_files_respect_the_umask(trained, tmp_path):
     model, optimizer = trained
     old = os.umask(0o022)
     try:
-        path = save_checkpoint(tmp_path / "run", 1, model, optimizer, {}, ONE, keep_last=2)
+        path = save_checkpoint(tmp_path / "run", 1, model, optimizer, LoopState(), ONE, keep_last=2)
     finally:
         os.umask(old)
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in path.iterdir()} == {
         p.name: "0o644" for p in path.iterdir()}
+
+
+def test_a_state_json_from_before_the_loop_state_class_resumes(trained, tmp_path):
+    """state.json as the loop wrote it before LoopState (a dict with best_f1): it loads with the same values."""
+    model, optimizer = trained
+    path = save_checkpoint(tmp_path / "run", 4, model, optimizer, LoopState(), ONE, keep_last=2)
+    meta = json.loads((path / "state.json").read_text())
+    old = {"step": 4, "best_f1": 0.61, "best_step": 3, "global_batch": 8, "epoch": 1, "batch_in_epoch": 0,
+           "best": {"f1": 0.61}, "world_size": 1, "param_groups": meta["param_groups"]}
+    (path / "state.json").write_text(json.dumps(old))
+    state = load_checkpoint(path, model, optimizer, ONE)
+    assert state == LoopState(step=4, epoch=1, global_batch=8, best_score=0.61, best_step=3, best={"f1": 0.61})

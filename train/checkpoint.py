@@ -5,7 +5,8 @@
         adapters.json           so load_adapters and init_from read a checkpoint as they read best/)
         optimizer.safetensors   AdamW moments and step per parameter, "<param name>:<key>"
         rng-rank<r>.safetensors each rank's torch (and CUDA) RNG state
-        state.json              loop state (step, epoch, data position, best F1), optimizer param groups
+        state.json              LoopState (step, data position, the best evaluation), the writer's world size
+                                and the optimizer's param groups
     run_dir/best/               adapters of the best evaluation, with the tuned threshold in adapters.json
 
 A checkpoint is written to a hidden temporary directory and renamed when complete, so every `step-*`
@@ -16,6 +17,7 @@ from the newest one that reads back whole.
 import json
 import logging
 import shutil
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -32,7 +34,28 @@ from train.distributed import Dist, all_gather_lists, barrier
 
 log = logging.getLogger(__name__)
 VALIDATION = "validation.json"  # in best/: the validation probabilities of that model, for out-of-fold thresholds
-STATE_KEYS = ("step", "world_size", "param_groups")  # written by save_checkpoint itself
+STATE_KEYS = ("step", "world_size", "param_groups")  # every state.json has these
+
+
+@dataclass
+class LoopState:
+    """The training loop's state between optimizer steps, as state.json holds it (with the writer's world size and
+    the optimizer's param groups). A state.json from before this class (best_f1 for best_score) reads the same."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    global_batch: int = 0  # examples per optimizer step (batch_size x grad_accum x ranks): fixed for a run
+    best_score: float = -1.0  # the selection score (train.loop.selection_score) of the best evaluation
+    best_step: int = 0
+    best: dict | None = None  # the best evaluation's metrics; None before the first
+    init: dict | None = None  # the init_from audit: adapters path and sha256
+    step0: dict | None = None  # the evaluation before the first update
+
+    @classmethod
+    def from_json(cls, meta: dict) -> "LoopState":
+        renamed = {"best_f1": "best_score"}
+        values = {renamed.get(k, k): v for k, v in meta.items()}
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 SCATTER = StateDictOptions(full_state_dict=True, ignore_frozen_params=True, strict=False)
@@ -64,7 +87,7 @@ def _publish(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(run_dir, step: int, model, optimizer, state: dict, d: Dist, keep_last: int) -> Path:
+def save_checkpoint(run_dir, step: int, model, optimizer, state: LoopState, d: Dist, keep_last: int) -> Path:
     """Write checkpoints/step-<step> (collective: every rank calls it) and prune all but the newest keep_last."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:08d}"
@@ -77,7 +100,7 @@ def save_checkpoint(run_dir, step: int, model, optimizer, state: dict, d: Dist, 
                       for key, value in per.items()}, tmp / "optimizer.safetensors")
         for rank, states in enumerate(rng):
             save_tensors({k: v.cpu() for k, v in states.items()}, tmp / f"rng-rank{rank}.safetensors")
-        meta = dict(state, step=step, world_size=d.world_size, param_groups=optim["param_groups"])
+        meta = dict(asdict(state), step=step, world_size=d.world_size, param_groups=optim["param_groups"])
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         _publish(tmp, final)
         for old in sorted(root.glob("step-*"))[:-keep_last]:
@@ -139,7 +162,7 @@ def resume_point(run_dir, warn: bool = True) -> Path | None:
     return None
 
 
-def load_checkpoint(path, model, optimizer, d: Dist) -> dict:
+def load_checkpoint(path, model, optimizer, d: Dist) -> LoopState:
     """Restore weights, optimizer and this rank's RNG from `path`; returns the loop state saved with them."""
     path = Path(path)
     meta = check_checkpoint(path)
@@ -162,4 +185,4 @@ def load_checkpoint(path, model, optimizer, d: Dist) -> dict:
     else:
         log.warning("%s: no RNG state for rank %d (written by %d ranks): its dropout starts from the seed",
                     path, d.rank, meta["world_size"])
-    return meta
+    return LoopState.from_json(meta)

@@ -21,7 +21,7 @@ from data.records import Record, read_records
 from model.adapters import WEIGHTS, build_classifier, trainable_state
 from model.classifier import batch_logits, classification_loss, lm_head_rows
 from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors
-from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
+from train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.config import DTYPES, ConfigError, RunConfig, save_config
 from train.distributed import (
     Dist,
@@ -380,18 +380,18 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
     if d.main:
         log_precision(t.bf16, d.device)
     torch.manual_seed(t.seed + 1 + d.rank)  # dropout differs between ranks
-    state = {"step": 0, "best_f1": -1.0, "best_step": 0, "global_batch": per_rank * d.world_size}
+    state = LoopState(global_batch=per_rank * d.world_size)
     if resume_from:
         state = load_checkpoint(resume_from, model, optimizer, d)
-        if state["global_batch"] != per_rank * d.world_size:
-            raise ConfigError(f"{resume_from} was written with {state['global_batch']} examples per step, this "
+        if state.global_batch != per_rank * d.world_size:
+            raise ConfigError(f"{resume_from} was written with {state.global_batch} examples per step, this "
                              f"config has {per_rank * d.world_size} (batch_size x grad_accum x ranks): keep the "
                              f"product to resume, or start a new run_dir")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
-    progress = Progress(total, state["step"]) if d.main else None
+    progress = Progress(total, state.step) if d.main else None
     say = progress.message if d.main else (lambda text: None)
     if d.main:
-        metrics_log.truncate_after(state["step"])
+        metrics_log.truncate_after(state.step)
         say(f"{len(train_set)} training / {len(valid_set)} validation examples, {d.world_size} rank(s), "
             f"{steps_per_epoch} steps per epoch, {total} steps"
             + (f", resuming from {resume_from}" if resume_from else ""))
@@ -409,26 +409,26 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
                      f"{fmt(metrics['unseen_auc'])}" if held_out else ""
             say(f"step {step}: valid loss {metrics['loss']:.4f} F1 {fmt(metrics['f1'])} (all-positive "
                 f"{fmt(metrics['all_positive_f1'])}) AUC {fmt(metrics['auc'])}{unseen}")
-            if name == "-loss" and "best" not in state:
+            if name == "-loss" and state.best is None:
                 say("F1 is undefined on this validation set (it has no relevant row): the best step is the one "
                     "with the lowest validation loss")
-        if "best" not in state or score > state["best_f1"]:
+        if state.best is None or score > state.best_score:
             save_best(run_dir / "best", model, d, validation=probs, **best_meta(cfg, step, metrics, state, d.device))
-            state.update(best_f1=score, best_step=step, best=metrics)
+            state.best_score, state.best_step, state.best = score, step, metrics
         return metrics
 
     if cfg.init_from and not resume_from:
-        state["init"] = audit_init(model, cfg.init_from)
+        state.init = audit_init(model, cfg.init_from)
         if d.main:
-            say(f"started from {cfg.init_from} (adapters sha256 {state['init']['sha256'][:12]}), checked tensor "
+            say(f"started from {cfg.init_from} (adapters sha256 {state.init['sha256'][:12]}), checked tensor "
                 f"for tensor")
     if (cfg.init_from or cfg.model.head_init == "lm_answer") and valid_set and not resume_from:
         # what the run starts knowing (the other task's stage, the LM's own yes/no), before any update
-        state["step0"] = {k: v for k, v in evaluate_and_keep_best(0).items() if not k.startswith(PER_LANGUAGE)}
+        state.step0 = {k: v for k, v in evaluate_and_keep_best(0).items() if not k.startswith(PER_LANGUAGE)}
 
     stop = StopFlag()
     try:
-        step, began, tokens = state["step"], time.perf_counter(), 0
+        step, began, tokens = state.step, time.perf_counter(), 0
         epoch, position = divmod(step, steps_per_epoch)
         while step < total:
             sampler.set_epoch(epoch, position)
@@ -448,7 +448,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
                     last = latest_checkpoint(run_dir) or "none (no checkpoint was written yet)"
                     raise FloatingPointError(f"step {step + 1}: {e}; the last good checkpoint is {last}") from None
                 step, tokens = step + 1, tokens + step_tokens
-                state.update(step=step, epoch=step // steps_per_epoch, batch_in_epoch=step % steps_per_epoch)
+                state.step, state.epoch, state.batch_in_epoch = step, step // steps_per_epoch, step % steps_per_epoch
                 if d.main:
                     speed = tokens / (time.perf_counter() - began)
                     metrics_log.append(step=step, split="train", epoch=step / steps_per_epoch, loss=loss, lr=lr,
@@ -462,7 +462,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
                     save(step)
                 if stopping:
                     say(f"SIGTERM: stopped after step {step}; run again with resume=true to continue")
-                    return RunResult(step, state.get("best", {}), stopped=True)
+                    return RunResult(step, state.best or {}, stopped=True)
                 if last_step:
                     break
             epoch, position = epoch + 1, 0
@@ -472,8 +472,8 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
         save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}, state, d.device))
     if d.main:
         say(plot(metrics_log, run_dir))
-    return RunResult(state["best_step"] if "best" in state else step, state.get("best", {}), init=state.get("init"),
-                     step0=state.get("step0"), held_out=sorted(held_out))
+    return RunResult(step if state.best is None else state.best_step, state.best or {}, init=state.init,
+                     step0=state.step0, held_out=sorted(held_out))
 
 
 def audit_init(model, init_from) -> dict:
@@ -489,10 +489,10 @@ def audit_init(model, init_from) -> dict:
     return {"path": str(path), "sha256": file_hash(path)}
 
 
-def best_meta(cfg: RunConfig, step: int, metrics: dict, state: dict, device: torch.device) -> dict:
+def best_meta(cfg: RunConfig, step: int, metrics: dict, state: LoopState, device: torch.device) -> dict:
     """What a predictor needs next to the weights (save_adapters adds the LoRA settings: the precision the run
     trained in on its kind of device, too), and where the run started from (init_from's path and hash)."""
     return {"step": step, "base_model": cfg.model.path, "threshold": metrics.get("tuned_threshold", 0.5),
             "precision": {"device": device.type, "bf16": cfg.train.bf16},
-            **({"init": state["init"]} if "init" in state else {}),
+            **({"init": state.init} if state.init else {}),
             "metrics": metrics}
