@@ -18,10 +18,13 @@ and pools that last token, the position where the LM's " yes" / " no" (ANSWERS) 
 initialised from those LM-head rows (model.classifier.init_score_from_lm) starts as the LM's own zero-shot
 judgement. Rows longer than max_length lose the end of part 2 first, then the end of part 1; the special
 tokens, separator and question always stay.
+
+`pair_processor` puts the same template into a tokenizer's post-processor, so that an export's tokenizer.json
+makes (part 1, part 2) into these ids in transformers' pair API (`tokenizer(query, target)`).
 """
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 
 FAMILIES = {"qwen2": "qwen", "qwen3": "qwen"} | dict.fromkeys(["gemma", "gemma2", "gemma3", "gemma3_text"], "gemma")
 
@@ -92,24 +95,45 @@ def first_part(record, translate: bool) -> str:
     return f"{record.query} - {record.translation}" if translate and record.translation else record.query
 
 
+def frame(tokenizer: Tokenizer, family: str, task: str | None = None) -> list[list[int]]:
+    """The template's fixed ids around the parts: [prefix, before part 1, between the parts, after part 2], of the
+    plain template (task None) or of the question template of `task`."""
+    tpl = template(family)
+    piece = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
+    if task is None:
+        return [prefix, [], piece(tpl.separator), [close_token_id(tokenizer, family)]]
+    return [prefix, *(piece(text) for text in QUESTIONS[task])]
+
+
 def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translate: bool,
            question: bool = False) -> list[list[int]]:
     """Token ids per record, at most max_length each, each ending in close_token_id(tokenizer, family), or with
     `question` in the question template's last token."""
-    tpl = template(family)
-    prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
-    piece = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
-    frames = {task: [piece(text) for text in texts] for task, texts in QUESTIONS.items()} if question else {}
-    plain = ([], piece(tpl.separator), [close_token_id(tokenizer, family)])
-    longest = max(sum(map(len, frame)) for frame in [plain, *frames.values()])
-    if max_length - len(prefix) - longest < 1:
+    frames = {task: frame(tokenizer, family, task) for task in QUESTIONS} if question else {}
+    plain = frame(tokenizer, family)
+    if max_length - max(sum(map(len, f)) for f in [plain, *frames.values()]) < 1:
         raise ValueError(f"max_length={max_length} leaves no room for text in the {family} template")
     queries = tokenizer.encode_batch([first_part(r, translate) for r in records], add_special_tokens=False)
     targets = tokenizer.encode_batch([r.target for r in records], add_special_tokens=False)
     rows = []
     for r, q, t in zip(records, queries, targets):
-        lead, middle, tail = frames[r.task] if question else plain
+        prefix, lead, middle, tail = frames[r.task] if question else plain
         budget = max_length - len(prefix) - len(lead) - len(middle) - len(tail)
         q, t = q.ids[:budget], t.ids[: max(budget - len(q.ids), 0)]
         rows.append(prefix + lead + q + middle + t + tail)
     return rows
+
+
+def pair_processor(tokenizer: Tokenizer, family: str, task: str | None = None) -> processors.TemplateProcessing:
+    """A post-processor that makes tokenizer.encode(part 1, part 2) exactly encode's ids of that row (untruncated;
+    task None: the plain template, QC / QI: that task's question template); a single text gets the prefix only.
+    The fixed pieces are special tokens of the template, each the ids encode gives them."""
+    pieces = dict(zip(("prefix", "before_query", "between", "after_target"), frame(tokenizer, family, task)))
+    specials = [{"id": name, "ids": ids, "tokens": [tokenizer.id_to_token(i) for i in ids]}
+                for name, ids in pieces.items() if ids]
+    layout = [p for p in ("prefix", "before_query", "$A", "between", "$B", "after_target") if pieces.get(p, True)]
+    second = layout.index("$A") + 1  # type id 1 from the separator on
+    pair = [f"{p}:{int(i >= second)}" for i, p in enumerate(layout)]
+    single = ["prefix", "$A"] if pieces["prefix"] else ["$A"]
+    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)

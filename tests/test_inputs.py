@@ -6,7 +6,16 @@ import pytest
 from tokenizers import Tokenizer
 from tokenizers.pre_tokenizers import Sequence, Split
 
-from data.inputs import ANSWERS, QUESTIONS, answer_token_ids, close_token_id, encode, model_family, pad_token_id
+from data.inputs import (
+    ANSWERS,
+    QUESTIONS,
+    answer_token_ids,
+    close_token_id,
+    encode,
+    model_family,
+    pad_token_id,
+    pair_processor,
+)
 from data.records import Record
 
 from fixtures import word_tokenizer
@@ -127,3 +136,16 @@ def test_each_answer_is_one_token_that_follows_answer_colon(family_tokenizer):
     split = word_tokenizer(["[UNK]", " ", "no", "yes"], pre_tokenizer=Split(" ", "isolated"))  # " no": 2 tokens
     with pytest.raises(ValueError, match="splits the answer ' no' into 2 tokens"):
         answer_token_ids(split)
+
+
+@pytest.mark.parametrize("question", [False, True])
+def test_pair_processor_makes_a_pair_into_the_templates_ids(family_tokenizer, question):
+    family, tok, _ = family_tokenizer
+    qi = Record("9", "QI", "ja", "ドラクエ バッグ", "dragon quest waist bag", 1, "dragon quest bag")
+    want = encode(tok, family, RECORDS + [qi], max_length=256, translate=True, question=question)
+    paired = Tokenizer.from_str(tok.to_str())  # a copy: load() shares its tokenizer between tests
+    for ids, r in zip(want, RECORDS + [qi]):
+        paired.post_processor = pair_processor(tok, family, r.task if question else None)
+        assert paired.encode(f"{r.query} - {r.translation}", r.target).ids == ids
+    bos = [tok.token_to_id("<bos>")] if family == "gemma" else []
+    assert paired.encode("a query").ids == bos + tok.encode("a query", add_special_tokens=False).ids
