@@ -58,33 +58,51 @@ def fingerprint(run: RunConfig, best_dir: Path, base: Path, records: list[Record
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
 
-def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
-    """Probabilities of the fold model in run.run_dir/best over `records`, and the model's tuned threshold.
-    A float32 base model gets the LoRA update folded into its weights (model.lora.merge_for_inference).
-
-    The config's model.path is the base model (so a moved or downloaded checkpoint works); the one recorded in
-    adapters.json is used only when the config names none.
-    """
+def open_fold(run: RunConfig, device) -> tuple[RunConfig, Path, dict, Path]:
+    """A trained fold: its config with train.bf16 resolved for `device`, its best/ directory, adapters.json, and the
+    base model. The config's model.path is the base model (so a moved or downloaded checkpoint works); the one
+    recorded in adapters.json is used only when the config names none."""
     run = replace(run, train=replace(run.train, bf16=use_bf16(run.train.bf16, torch.device(device))))
     best_dir = Path(run.run_dir) / "best"
     info = read_json(best_dir / META, "adapters.json of a trained fold")
-    base = resolve(run.model.path or info["base_model"])
+    return run, best_dir, info, resolve(run.model.path or info["base_model"])
+
+
+def fold_model(run: RunConfig, best_dir: Path, info: dict, base: Path, device):
+    """The fold's classifier in eval mode, a float32 base model with the LoRA update folded into its weights
+    (model.lora.merge_for_inference); its tokenizer and family."""
+    classifier = build_classifier(base, info["r"], info["alpha"], 0.0, info["targets"], DTYPES[run.model.dtype],
+                                  device, info["num_labels"], adapters=best_dir).eval()
+    merge_for_inference(classifier)
+    return classifier, load_tokenizer(base), model_family(classifier.model.config.model_type)
+
+
+def fold_examples(run: RunConfig, tokenizer, family: str, records: list[Record]) -> list:
+    """`records` as the fold model reads them: its template, max_length and translation augmentation."""
+    return examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True,
+                                    question=run.data.template == "question"))
+
+
+def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
+    """Probabilities of the fold model in run.run_dir/best over `records`, and the model's tuned threshold."""
+    run, best_dir, info, base = open_fold(run, device)
     key = fingerprint(run, best_dir, base, records)
     cache = Path(run.run_dir) / "predictions" / CACHE
     if cache.is_file():
         cached = read_json(cache)
         if cached.get("fingerprint") == key:
             return cached["probabilities"], info["threshold"]
-    classifier = build_classifier(base, info["r"], info["alpha"], 0.0, info["targets"], DTYPES[run.model.dtype],
-                                  device, info["num_labels"], adapters=best_dir).eval()
-    merge_for_inference(classifier)
-    family = model_family(classifier.model.config.model_type)
-    tokenizer = load_tokenizer(base)
-    items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True,
-                                     question=run.data.template == "question"))
+    classifier, tokenizer, family = fold_model(run, best_dir, info, base, device)
+    items = fold_examples(run, tokenizer, family, records)
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
     write_atomic(cache, json.dumps({"fingerprint": key, "probabilities": probs}, ensure_ascii=False))
     return probs, info["threshold"]
+
+
+def mean_probability(fold_probs: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
+    """id -> the folds' probabilities averaged with `weights`."""
+    total = sum(weights)
+    return {i: sum(w * p[i] for p, w in zip(fold_probs, weights)) / total for i in fold_probs[0]}
 
 
 def ensemble(fold_probs: list[dict[str, float]], weights: list[float], threshold_of,
@@ -92,12 +110,11 @@ def ensemble(fold_probs: list[dict[str, float]], weights: list[float], threshold
     """id -> 0/1 from the folds' probabilities, each fold weighted by `weights`, against threshold_of(id).
     Mean: the weighted mean probability. Vote: the weighted share of folds at or above the threshold; a tie counts
     as relevant (positive-class F1 rewards recall on this data)."""
-    total = sum(weights)
     if vote:
+        total = sum(weights)
         return {i: int(2 * sum(w * (p[i] >= threshold_of(i)) for p, w in zip(fold_probs, weights)) >= total)
                 for i in fold_probs[0]}
-    return {i: int(sum(w * p[i] for p, w in zip(fold_probs, weights)) / total >= threshold_of(i))
-            for i in fold_probs[0]}
+    return {i: int(p >= threshold_of(i)) for i, p in mean_probability(fold_probs, weights).items()}
 
 
 def id_order(id_: str):

@@ -15,7 +15,7 @@ import torch
 from data.records import TARGET_FIELD, DataError, read_records, read_rows
 from model.loading import read_json
 from train.checkpoint import VALIDATION
-from train.config import ConfigError, RunConfig, StageSection, merge_section
+from train.config import ConfigError, DataSection, RunConfig, StageSection, merge_section, save_config
 from train.loop import read_data_files, train
 from train.predict import ensemble, predict_fold, submission_text, write_submission
 from train.rundir import RunLock, write_atomic
@@ -76,6 +76,8 @@ def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
 
 
 def _run_recipe(cfg: RunConfig, rank: int) -> dict:
+    if rank == 0:  # the recipe's own config.yaml: what train.commands.score and export read a recipe directory by
+        save_config(cfg, Path(cfg.run_dir) / "config.yaml")
     results = {}
     for stage in cfg.stages:
         for fold in fold_names(stage):
@@ -105,7 +107,11 @@ def final_stages(cfg: RunConfig) -> dict[str, StageSection]:
 
 def stage_tasks(cfg: RunConfig, stage: StageSection) -> list[str]:
     """The tasks a stage trains: data.task, or those of its train files' first rows (QC and QI: a joint stage)."""
-    data = stage_data(cfg, stage)
+    return data_tasks(stage_data(cfg, stage))
+
+
+def data_tasks(data: DataSection) -> list[str]:
+    """The tasks a data section trains: its task, or those of its train files' first rows."""
     if data.task:
         return [data.task]
     return sorted({str(read_rows(path)[0][1].get("task")) for path in data.train})
@@ -184,6 +190,29 @@ def threshold_choice(cfg: RunConfig, oof: dict) -> tuple[str, dict[str, float]]:
     return (best if cfg.predict.threshold == "auto" else str(cfg.predict.threshold)), f1s
 
 
+def fold_weights(cfg: RunConfig, stage: StageSection, task: str) -> list[float]:
+    """Each fold's weight in the ensemble: 1, or (predict.ensemble weighted_*) its validation F1 on `task` to the
+    power predict.weight_power."""
+    weights = []
+    for fold in fold_names(stage):
+        result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
+        f1 = result.get(f"{task}_f1", result.get("f1", 1.0))  # a joint model's F1 on this task
+        weights.append(f1 ** cfg.predict.weight_power if cfg.predict.ensemble.startswith("weighted") else 1.0)
+    return weights
+
+
+def task_thresholds(cfg: RunConfig, stage: StageSection, task: str) -> tuple[Thresholds, str]:
+    """The thresholds a task's predictions use and the choice among them (Thresholds.of): tuned on the stage's
+    out-of-fold rows; 0.5 (or predict.threshold's number) for a stage trained on all data."""
+    threshold, oof = cfg.predict.threshold, out_of_fold(cfg, stage, task)
+    if oof:
+        return tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
+    if isinstance(threshold, str) and threshold != "auto":
+        raise ConfigError(f"predict.threshold: {threshold} needs out-of-fold probabilities, and stage "
+                          f"{stage.name} trained on all data")
+    return Thresholds(0.5), "global" if threshold == "auto" else str(threshold)
+
+
 def predict(cfg: RunConfig) -> Path:
     """Every fold model of each task's final stage over the predict files, ensembled into submit.zip.
 
@@ -216,23 +245,11 @@ def predict(cfg: RunConfig) -> Path:
                                                       f"only once among the {task} files")
                 source[r.id] = path
                 records.append(r)
-        fold_probs, weights = [], []
-        for fold in fold_names(stage):
-            probs, _ = predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)
-            fold_probs.append(probs)
-            result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
-            f1 = result.get(f"{task}_f1", result.get("f1", 1.0))  # a joint model's F1 on this task
-            weights.append(f1 ** p.weight_power if p.ensemble.startswith("weighted") else 1.0)
-        oof = out_of_fold(cfg, stage, task)
-        if oof:
-            thresholds, choice = tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
-        elif isinstance(p.threshold, str) and p.threshold != "auto":
-            raise ConfigError(f"predict.threshold: {p.threshold} needs out-of-fold probabilities, and stage "
-                              f"{stage.name} trained on all data")
-        else:
-            thresholds, choice = Thresholds(0.5), "global" if p.threshold == "auto" else str(p.threshold)
+        fold_probs = [predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)[0]
+                      for fold in fold_names(stage)]
+        thresholds, choice = task_thresholds(cfg, stage, task)
         language = {r.id: r.language for r in records}
-        predictions = ensemble(fold_probs, weights, lambda i: thresholds.of(choice, language[i]),
+        predictions = ensemble(fold_probs, fold_weights(cfg, stage, task), lambda i: thresholds.of(choice, language[i]),
                                vote=p.ensemble.endswith("vote"))
         texts[task] = submission_text(files, task, predictions)
     return write_submission(texts, p.out_dir or Path(cfg.run_dir) / "submission")

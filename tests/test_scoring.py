@@ -1,0 +1,127 @@
+"""Scoring pairs with a trained run or a recipe (train/scoring.py and `python -m train.commands.score`): the
+probabilities predict gives, the run's or the recipe's decisions, input rows kept, errors named."""
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data.records import read_records
+from train.commands.demo import DEMO_DATA, build_model
+from train.commands.score import main as score_main
+from train.config import ConfigError, load_config
+from train.loop import train
+from train.main import main as train_main
+from train.predict import predict_fold
+from train.scoring import Scorer
+
+from fixtures import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny trained QC run (2 updates)."""
+    cfg = tiny_config(tmp_path_factory.mktemp("scoring"), max_steps=2)
+    train(cfg)
+    return Path(cfg.run_dir)
+
+
+def write_rows(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def test_a_run_scores_as_predict_does_with_its_threshold(run_dir, tmp_path):
+    rows = [json.loads(line) for line in (run_dir.parent / "valid.jsonl").read_text().splitlines()]
+    rows[0]["origin_query"] = "  CHEAP   " + rows[0]["origin_query"].upper()  # cleaned as the records are
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    cfg = load_config(run_dir / "config.yaml")
+    want, threshold = predict_fold(cfg, read_records(path, training=False), 4, "cpu")
+    out = tmp_path / "scored.jsonl"
+    assert score_main([str(run_dir), str(path), "--out", str(out)]) == 0
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k not in ("probability", "relevant")} for r in scored] == rows
+    assert [r["probability"] for r in scored] == pytest.approx([want[r["id"]] for r in rows], abs=1e-6)
+    assert [r["relevant"] for r in scored] == [int(want[r["id"]] >= threshold) for r in rows]
+
+    scorer = Scorer(run_dir, threshold=0.0)  # the Python object: pairs in, (probability, relevant) out
+    pairs = [(r["origin_query"], r["category_path"]) for r in rows]
+    assert scorer.score(pairs) == [(pytest.approx(want[r["id"]], abs=1e-6), 1) for r in rows]
+    assert [s[1] for s in Scorer(run_dir, threshold=1.0).score(pairs)] == [0] * len(rows)
+
+
+def test_query_target_rows_from_stdin_to_stdout(run_dir, monkeypatch, capsys):
+    rows = [{"query": "red sneaker", "target": "shoes,men", "mine": 1}, {"query": "lego", "target": "toys,kids"}]
+    stdin = io.TextIOWrapper(io.BytesIO("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert score_main([str(run_dir), "-", "--threshold", "0.5"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = Scorer(run_dir).score([("red sneaker", "shoes,men"), ("lego", "toys,kids")])
+    assert [(r["probability"], r["relevant"]) for r in out] == [(p, int(p >= 0.5)) for p, _ in want]
+    assert out[0]["mine"] == 1
+
+
+@pytest.mark.parametrize("content, args, error", [
+    ('{"query": "a"}\n', [], "rows.jsonl, line 1, field 'category_path': missing"),
+    ('{"query": "a", "target": "b"}\n{bad\n', [], "rows.jsonl, line 2: malformed JSON"),
+    ('{"origin_query": "a", "item_title": "b"}\n', [], "rows.jsonl, line 1, field 'task': task 'QI': the models "
+                                                       "score QC"),
+    ('{"query": "a", "target": 3}\n', [], "rows.jsonl, line 1, field 'target': expected text, got 3"),
+    ('{"query": "a", "target": "b"}\n', ["--threshold", "2"], "--threshold must be in [0, 1], got 2.0"),
+])
+def test_errors_are_one_line_naming_the_row_or_flag(run_dir, tmp_path, capsys, content, args, error):
+    (tmp_path / "rows.jsonl").write_text(content)
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+    capsys.readouterr()
+    assert score_main([str(run_dir), str(tmp_path / "rows.jsonl"), "--out", str(out), *args]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: ") and error in err[-1], err
+    assert out.read_text() == "previous\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl",
+                                                                                              "rows.jsonl"]
+
+
+def test_a_directory_without_config_is_named(tmp_path, capsys):
+    assert score_main([str(tmp_path), "-"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'config.yaml'}: not found")
+
+
+@pytest.fixture(scope="module")
+def recipe_dir(tmp_path_factory):
+    """A trained two-fold QC recipe on the demo data (with its translations), weighted vote, and its submission."""
+    tmp = tmp_path_factory.mktemp("recipe")
+    build_model(tmp / "model")
+    cfg = {"run_dir": str(tmp / "run"), "model": {"path": str(tmp / "model"), "dtype": "float32"},
+           "lora": {"r": 4, "alpha": 8},
+           "data": {"translations": str(DEMO_DATA / "translations.jsonl"), "n_folds": 3, "max_length": 32},
+           "train": {"lr": 1e-3, "max_steps": 2, "batch_size": 8, "bf16": False},
+           "stages": [{"name": "QC", "folds": [0, 1], "data": {"train": str(DEMO_DATA / "train_QC.txt"),
+                                                               "task": "QC"}}],
+           "predict": {"files": [str(DEMO_DATA / "test_QC.txt")], "ensemble": "weighted_vote"}}
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main([str(tmp / "recipe.yaml")]) == 0
+    return tmp / "run"
+
+
+def test_a_recipe_scores_with_its_fold_ensemble_thresholds_and_translations(recipe_dir, tmp_path):
+    out = tmp_path / "scored.jsonl"
+    assert score_main([str(recipe_dir), str(DEMO_DATA / "test_QC.txt"), "--out", str(out)]) == 0
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    folds = [json.loads((recipe_dir / "QC" / f / "predictions" / "probabilities.json").read_text())["probabilities"]
+             for f in ("fold0", "fold1")]
+    weights = [json.loads((recipe_dir / "QC" / f / "result.json").read_text())["f1"] ** 3 for f in ("fold0", "fold1")]
+    mean = [sum(w * p[r["id"]] for p, w in zip(folds, weights)) / sum(weights) for r in scored]
+    assert [r["probability"] for r in scored] == pytest.approx(mean, abs=1e-6)
+    submitted = {json.loads(line)["id"]: json.loads(line)["prediction"]
+                 for line in (recipe_dir / "submission" / "submit_QC.txt").read_text().splitlines()}
+    assert [r["relevant"] for r in scored] == [submitted[r["id"]] for r in scored]
+    assert len(scored) == 120 and len({r["relevant"] for r in scored}) == 2  # not all one answer
+
+    rows = read_records(DEMO_DATA / "test_QC.txt", training=False)
+    untranslated = Scorer(recipe_dir, translations=write_rows(tmp_path / "none.jsonl", [
+        {"origin_query": "nothing", "translated_query": "nothing"}])).score([(r.query, r.target) for r in rows])
+    assert max(abs(p - m) for (p, _), m in zip(untranslated, mean)) > 1e-4  # the translations mattered
+    with pytest.raises(ConfigError, match="task 'QI': the models score QC"):
+        Scorer(recipe_dir).score([("a", "b")], task="QI")
