@@ -34,10 +34,11 @@ class Progress:
 
 
 class MetricsLog:
-    """metrics.jsonl in the run directory: one JSON object per training step or evaluation."""
+    """metrics.jsonl in the run directory: one JSON object per training step or evaluation, also given to each of
+    `loggers` (train/loggers.py)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, path, loggers=()):
+        self.path, self.loggers = Path(path), list(loggers)
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after `step` (a resumed run redoes those steps)."""
@@ -48,6 +49,12 @@ class MetricsLog:
     def append(self, **record) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        for logger in self.loggers:
+            logger.log(record)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
 
     def read(self) -> list[dict]:
         return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
