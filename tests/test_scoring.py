@@ -2,6 +2,7 @@
 probabilities predict gives, the run's or the recipe's decisions, input rows kept, errors named."""
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -9,15 +10,20 @@ import pytest
 import yaml
 
 from data.records import read_records
+from model.adapters import build_classifier, save_adapters
+from model.lora import DEFAULT_TARGETS
 from train.commands.demo import DEMO_DATA, build_model
 from train.commands.score import main as score_main
-from train.config import ConfigError, load_config
+from train.config import ConfigError, RunConfig, load_config, save_config
 from train.loop import train
 from train.main import main as train_main
 from train.predict import predict_fold
 from train.scoring import Scorer
 
-from fixtures import tiny_config
+from fixtures import randomize_trainable, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+GEMMA = Path(os.environ.get("GEMMA3_270M", ROOT / "checkpoints" / "gemma-3-270m"))  # MEASUREMENTS.md's checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +131,25 @@ def test_a_recipe_scores_with_its_fold_ensemble_thresholds_and_translations(reci
     assert max(abs(p - m) for (p, _), m in zip(untranslated, mean)) > 1e-4  # the translations mattered
     with pytest.raises(ConfigError, match="task 'QI': the models score QC"):
         Scorer(recipe_dir).score([("a", "b")], task="QI")
+
+
+@pytest.mark.slow
+def test_the_real_gemma3_270m_scores_the_qc_sample_as_predict_does(shared, tmp_path):
+    if not (GEMMA / "model.safetensors").is_file():
+        pytest.skip(f"{GEMMA} not found: the real Gemma-3-270M (bash ../shared/tools/get-gemma3-270m.sh "
+                    f"checkpoints/gemma-3-270m, or GEMMA3_270M=DIR)")
+    cfg = RunConfig(run_dir=str(tmp_path / "run"))  # a run directory around random adapters over the real model
+    cfg.model.path, cfg.model.dtype = str(GEMMA), "float32"
+    cfg.data.train, cfg.data.task, cfg.data.max_length = [str(shared / "data" / "qc_sample.jsonl")], "QC", 128
+    classifier = build_classifier(GEMMA, 4, 8, 0.0, DEFAULT_TARGETS)
+    randomize_trainable(classifier, std=0.02)
+    save_adapters(classifier, tmp_path / "run" / "best", base_model=str(GEMMA), threshold=0.4, metrics={})
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    lines = (shared / "data" / "qc_sample.jsonl").read_text().splitlines()[:48]
+    rows = write_rows(tmp_path / "rows.jsonl", [json.loads(line) for line in lines])
+    want, _ = predict_fold(cfg, read_records(rows, training=False), 16, "cpu")
+    out = tmp_path / "scored.jsonl"
+    assert score_main([str(tmp_path / "run"), str(rows), "--out", str(out), "--batch-size", "16"]) == 0
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["probability"] for r in scored] == pytest.approx([want[r["id"]] for r in scored], abs=1e-6)
+    assert [r["relevant"] for r in scored] == [int(want[r["id"]] >= 0.4) for r in scored]
