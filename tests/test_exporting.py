@@ -117,3 +117,16 @@ def test_an_existing_out_needs_force_and_a_run_has_no_folds(tmp_path, capsys):
     assert export_main([str(run_dir), str(tmp_path / "x"), "--fold", "1"]) == 1
     assert capsys.readouterr().err.endswith(f"error: --fold: {run_dir} is a run directory, not a recipe: it has one "
                                             f"model\n")
+
+
+def test_a_recipe_exports_the_fold_it_is_told_with_that_folds_threshold(trained_recipe, tmp_path, capsys):
+    assert export_main([str(trained_recipe), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.endswith("error: --fold: stage QC has fold0, fold1: choose one (a merged "
+                                            "checkpoint holds one model; `score` ensembles the folds)\n")
+    assert export_main([str(trained_recipe), str(tmp_path / "out"), "--fold", "1", "--format", "peft"]) == 0
+    threshold = json.loads((trained_recipe / "QC" / "fold1" / "best" / "adapters.json").read_text())["threshold"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"P(relevant) >= {threshold:.4f}" in card and "PeftModel.from_pretrained" in card
+    assert "`query - English translation`" in card  # the recipe trained with translations
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(trained_recipe.parent / "model")

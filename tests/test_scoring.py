@@ -7,16 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from data.records import read_records
 from model.adapters import build_classifier, save_adapters
 from model.lora import DEFAULT_TARGETS
-from train.commands.demo import DEMO_DATA, build_model
+from train.commands.demo import DEMO_DATA
 from train.commands.score import main as score_main
 from train.config import ConfigError, RunConfig, load_config, save_config
 from train.loop import train
-from train.main import main as train_main
 from train.predict import predict_fold
 from train.scoring import Scorer
 
@@ -94,24 +92,8 @@ def test_a_directory_without_config_is_named(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'config.yaml'}: not found")
 
 
-@pytest.fixture(scope="module")
-def recipe_dir(tmp_path_factory):
-    """A trained two-fold QC recipe on the demo data (with its translations), weighted vote, and its submission."""
-    tmp = tmp_path_factory.mktemp("recipe")
-    build_model(tmp / "model")
-    cfg = {"run_dir": str(tmp / "run"), "model": {"path": str(tmp / "model"), "dtype": "float32"},
-           "lora": {"r": 4, "alpha": 8},
-           "data": {"translations": str(DEMO_DATA / "translations.jsonl"), "n_folds": 3, "max_length": 32},
-           "train": {"lr": 1e-3, "max_steps": 2, "batch_size": 8, "bf16": False},
-           "stages": [{"name": "QC", "folds": [0, 1], "data": {"train": str(DEMO_DATA / "train_QC.txt"),
-                                                               "task": "QC"}}],
-           "predict": {"files": [str(DEMO_DATA / "test_QC.txt")], "ensemble": "weighted_vote"}}
-    (tmp / "recipe.yaml").write_text(yaml.safe_dump(cfg))
-    assert train_main([str(tmp / "recipe.yaml")]) == 0
-    return tmp / "run"
-
-
-def test_a_recipe_scores_with_its_fold_ensemble_thresholds_and_translations(recipe_dir, tmp_path):
+def test_a_recipe_scores_with_its_fold_ensemble_thresholds_and_translations(trained_recipe, tmp_path):
+    recipe_dir = trained_recipe
     out = tmp_path / "scored.jsonl"
     assert score_main([str(recipe_dir), str(DEMO_DATA / "test_QC.txt"), "--out", str(out)]) == 0
     scored = [json.loads(line) for line in out.read_text().splitlines()]
