@@ -40,6 +40,7 @@ def write_rows(path: Path, rows) -> Path:
 def test_a_run_scores_as_predict_does_with_its_threshold(run_dir, tmp_path):
     rows = [json.loads(line) for line in (run_dir.parent / "valid.jsonl").read_text().splitlines()]
     rows[0]["origin_query"] = "  CHEAP   " + rows[0]["origin_query"].upper()  # cleaned as the records are
+    rows[1]["translated_query"] = "Best Boot"  # a run without a translations file reads the row's
     path = write_rows(tmp_path / "rows.jsonl", rows)
     cfg = load_config(run_dir / "config.yaml")
     want, threshold = predict_fold(cfg, read_records(path, training=False), 4, "cpu")
@@ -51,7 +52,7 @@ def test_a_run_scores_as_predict_does_with_its_threshold(run_dir, tmp_path):
     assert [r["relevant"] for r in scored] == [int(want[r["id"]] >= threshold) for r in rows]
 
     scorer = Scorer(run_dir, threshold=0.0)  # the Python object: pairs in, (probability, relevant) out
-    pairs = [(r["origin_query"], r["category_path"]) for r in rows]
+    pairs = [(r["origin_query"], r["category_path"], r.get("translated_query")) for r in rows]
     assert scorer.score(pairs) == [(pytest.approx(want[r["id"]], abs=1e-6), 1) for r in rows]
     assert [s[1] for s in Scorer(run_dir, threshold=1.0).score(pairs)] == [0] * len(rows)
 

@@ -4,8 +4,9 @@ directory (its models stay loaded), used by `python -m train.commands.score` and
 A run directory scores with its best/ model against the threshold its validation chose; a recipe directory with
 every fold model of each task's final stage, ensembled and thresholded as the recipe's predictions are
 (predict.ensemble and weights, the out-of-fold thresholds per language). Text is cleaned as the run's records
-were (whitespace collapsed, lowercased unless data.lowercase is false); a query's translation comes with its row
-(`translated_query`) or from the run's translations file, as predict takes them.
+were (whitespace collapsed, lowercased unless data.lowercase is false); a query's translation comes from the run's
+translations file when it has one (or the file given instead), else with its row (`translated_query`), as
+predict takes them.
 """
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,10 +78,10 @@ class Scorer:
             models = TaskModels([fold], [1.0], Thresholds(fold.threshold if threshold is None else threshold),
                                 "global", False, cfg.data)
             self.tasks = dict.fromkeys(data_tasks(cfg.data), models)
-        self.translations = {}
+        self.translations = {}  # task -> query -> translation, None without a translations file
         for task, models in self.tasks.items():
             path = translations or models.data.translations
-            self.translations[task] = read_translations(path) if path else {}
+            self.translations[task] = read_translations(path) if path else None
 
     def _fold(self, run: RunConfig) -> Fold:
         """The fold model of a run directory, loaded once (a joint stage's folds score both tasks)."""
@@ -92,12 +93,13 @@ class Scorer:
 
     def record(self, id_: str, task: str, query: str, target: str, language: str = "",
                translation: str | None = None) -> Record:
-        """A pair as the task's models read it: cleaned as their training rows were, with its translation (given,
-        or the translations file's)."""
+        """A pair as the task's models read it, as read_records reads a row: cleaned as the training rows were,
+        translated by the translations file when there is one (it overrides `translation`, as it does a
+        translated_query column)."""
         if task not in self.tasks:
             raise ConfigError(f"task {task!r}: the models score {' and '.join(sorted(self.tasks))}")
-        models = self.tasks[task]
-        translation = translation or self.translations[task].get(clean(query, lowercase=False))
+        models, table = self.tasks[task], self.translations[task]
+        translation = table.get(clean(query, lowercase=False)) if table is not None else translation
         lowercase = models.data.lowercase
         return Record(id_, task, language.strip().lower(), clean(query, lowercase), clean(target, lowercase), None,
                       clean(translation, lowercase) or None if translation else None)
