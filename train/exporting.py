@@ -49,6 +49,8 @@ def export_run(directory, out, fmt: str = "merged", fold: str | None = None, tas
     """Export a run or a recipe's fold (see chosen_run) to `out` as `fmt` ("merged" in `dtype`, or "peft"); an
     existing `out` is replaced only with `force`."""
     out = Path(out)
+    if fmt not in ("merged", "peft"):
+        raise ConfigError(f"--format must be merged or peft, got {fmt!r}")
     if out.exists() and not force:
         raise FileExistsError(f"{out}: already exists (--force replaces it)")
     run, task = chosen_run(trained_config(directory), fold, task)
@@ -66,13 +68,7 @@ def export_run(directory, out, fmt: str = "merged", fold: str | None = None, tas
                           labels=LABELS)
         else:
             export_peft(classifier, tmp, run.model.path or info["base_model"])
-        tokenizer.post_processor = pair_processor(tokenizer, family, task if question else None)
-        tokenizer.save(str(tmp / "tokenizer.json"))
-        tpl = template(family)
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_input_names": ["input_ids", "attention_mask"],
-                  "pad_token": tpl.pad, "eos_token": tpl.close, **({"bos_token": tpl.bos} if tpl.bos else {}),
-                  "padding_side": "right", "clean_up_tokenization_spaces": False}
-        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_tokenizer(tokenizer, family, task if question else None, tmp)
         card = model_card(run, info, task, fmt, family, pad_token_id(tokenizer, family), str(out), command)
         (tmp / "README.md").write_text(card)
         if out.exists():
@@ -85,6 +81,19 @@ def export_run(directory, out, fmt: str = "merged", fold: str | None = None, tas
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def write_tokenizer(tokenizer, family: str, task: str | None, directory: Path) -> None:
+    """tokenizer.json with the template as its pair post-processor (task None: plain, else that task's question),
+    and a tokenizer_config.json that makes transformers use it as it is: the generic fast tokenizer class, no
+    add_bos_token (with which transformers rebuilds the post-processor), the family's pad token."""
+    tokenizer.post_processor = pair_processor(tokenizer, family, task)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    tpl = template(family)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_input_names": ["input_ids", "attention_mask"],
+              "pad_token": tpl.pad, "eos_token": tpl.close, **({"bos_token": tpl.bos} if tpl.bos else {}),
+              "padding_side": "right", "clean_up_tokenization_spaces": False}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def template_text(family: str, task: str, question: bool) -> str:
