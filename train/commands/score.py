@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from data.records import DataError
@@ -76,6 +77,7 @@ def _main(argv) -> int:
     if args.input != "-" and not Path(args.input).is_file():
         raise FileNotFoundError(f"{args.input}: file not found")
     scorer = Scorer(args.directory, args.threshold, args.translations, args.batch_size)
+    began = time.perf_counter()  # the models are loaded: what follows is the scoring
     source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")
     try:
         if not args.out:
@@ -92,7 +94,9 @@ def _main(argv) -> int:
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-    print(f"scored {count} rows" + (f" into {args.out}" if args.out else ""), file=sys.stderr)
+    took = time.perf_counter() - began
+    print(f"scored {count} rows" + (f" into {args.out}" if args.out else "") +
+          f" in {took:.1f} s ({count / max(took, 1e-9):.1f} rows/s)", file=sys.stderr)
     return 0
 
 
