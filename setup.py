@@ -19,8 +19,9 @@ setup(
     ],
     extras_require={
         # triton: the version torch 2.13 pins; its interpreter runs the kernel tests on CPU.
-        "test": ["pytest", "hypothesis", "ruff", "transformers>=5.0", "peft>=0.17",
+        "test": ["pytest", "hypothesis", "ruff", "transformers>=5.0", "peft>=0.17", "tensorboard",
                  "triton==3.7.1; platform_system == 'Linux'"],
         "plot": ["matplotlib"],
+        "tensorboard": ["tensorboard"],  # train.loggers: [tensorboard]
     },
 )

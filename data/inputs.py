@@ -21,10 +21,13 @@ and pools that last token, the position where the LM's " yes" / " no" (ANSWERS) 
 initialised from those LM-head rows (model.classifier.lm_head_rows) starts as the LM's own zero-shot
 judgement. Rows longer than max_length lose the end of part 2 first, then the end of part 1; the special
 tokens, separator and question always stay.
+
+`pair_processor` puts the same template into a tokenizer's post-processor, so that an export's tokenizer.json
+makes (part 1, part 2) into these ids in transformers' pair API (`tokenizer(query, target)`).
 """
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 
 FAMILIES = {"qwen2": "qwen", "qwen3": "qwen"} | dict.fromkeys(["gemma", "gemma2", "gemma3", "gemma3_text"], "gemma")
 
@@ -111,27 +114,53 @@ def group_key(record, translate: bool, shared_first: bool = False) -> str:
     return f"{record.task}\n{parts(record, translate, shared_first)[0]}"
 
 
+def frame(tokenizer: Tokenizer, family: str, task: str | None = None, shared_first: bool = False) -> list[list[int]]:
+    """The template's fixed ids around the parts: [prefix, before part 1, between the parts, after part 2], of the
+    plain template (task None) or of the question template of `task` (with `shared_first`, a QC question names
+    the category first)."""
+    tpl = template(family)
+    piece = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
+    if task is None:
+        return [prefix, [], piece(tpl.separator), [close_token_id(tokenizer, family)]]
+    return [prefix, *(piece(text) for text in (SHARED_FIRST_QUESTIONS if shared_first else QUESTIONS)[task])]
+
+
 def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translate: bool,
            question: bool = False, shared_first: bool = False) -> list[list[int]]:
     """Token ids per record, at most max_length each, each ending in close_token_id(tokenizer, family), or with
     `question` in the question template's last token."""
-    tpl = template(family)
-    prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
-    piece = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
-    questions = SHARED_FIRST_QUESTIONS if shared_first else QUESTIONS
-    frames = {task: [piece(text) for text in texts] for task, texts in questions.items()} if question else {}
-    plain = ([], piece(tpl.separator), [close_token_id(tokenizer, family)])
-    longest = max(sum(map(len, frame)) for frame in [plain, *frames.values()])
-    if max_length - len(prefix) - longest < 1:
+    frames = {task: frame(tokenizer, family, task, shared_first) for task in QUESTIONS} if question else {}
+    plain = frame(tokenizer, family)
+    longest = max(sum(map(len, f)) for f in [plain, *frames.values()])
+    if max_length - longest < 1:
         raise LengthError(f"max_length={max_length} leaves no room for text in the {family} "
-                          f"{'question' if question else 'plain'} template ({len(prefix) + longest} tokens)")
+                          f"{'question' if question else 'plain'} template ({longest} tokens)")
     texts = [parts(r, translate, shared_first) for r in records]
     firsts = tokenizer.encode_batch([first for first, _ in texts], add_special_tokens=False)
     seconds = tokenizer.encode_batch([second for _, second in texts], add_special_tokens=False)
     rows = []
     for r, a, b in zip(records, firsts, seconds):
-        lead, middle, tail = frames[r.task] if question else plain
+        prefix, lead, middle, tail = frames[r.task] if question else plain
         budget = max_length - len(prefix) - len(lead) - len(middle) - len(tail)
         a, b = a.ids[:budget], b.ids[: max(budget - len(a.ids), 0)]
         rows.append(prefix + lead + a + middle + b + tail)
     return rows
+
+
+def pair_processor(tokenizer: Tokenizer, family: str, task: str | None = None,
+                   target_first: bool = False) -> processors.TemplateProcessing:
+    """A post-processor that makes tokenizer.encode(query, target) exactly encode's ids of that row (untruncated;
+    task None: the plain template, QC / QI: that task's question template; `target_first`: a QC row of
+    data.share_prefix, its category first); a single text gets the prefix only. The fixed pieces are special
+    tokens of the template, each the ids encode gives them."""
+    pieces = dict(zip(("prefix", "before_first", "between", "after_second"),
+                      frame(tokenizer, family, task, shared_first=target_first)))
+    specials = [{"id": name, "ids": ids, "tokens": [tokenizer.id_to_token(i) for i in ids]}
+                for name, ids in pieces.items() if ids]
+    first, last = ("$B", "$A") if target_first else ("$A", "$B")
+    layout = [p for p in ("prefix", "before_first", first, "between", last, "after_second") if pieces.get(p, True)]
+    second = layout.index(first) + 1  # type id 1 from the separator on
+    pair = [f"{p}:{int(i >= second)}" for i, p in enumerate(layout)]
+    single = ["prefix", "$A"] if pieces["prefix"] else ["$A"]
+    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)

@@ -35,23 +35,26 @@ def shards(tensors, max_bytes: int):
 
 
 @torch.no_grad()
-def export_merged(module, directory, max_shard_bytes: int = 5 * 10**9, pad_token_id: int | None = None) -> None:
+def export_merged(module, directory, max_shard_bytes: int = 5 * 10**9, pad_token_id: int | None = None,
+                  dtype: torch.dtype | None = None, labels=None) -> None:
     """Write `module` (a SequenceClassifier or a Decoder, with or without LoRA) as a Hugging Face checkpoint in
-    the decoder's dtype, LoRA merged. The module is not modified; run it on one process (not FSDP-sharded).
+    `dtype` (default: the decoder's), LoRA merged. The module is not modified; run it on one process (not
+    FSDP-sharded). A classifier's labels (default LABEL_0, LABEL_1, ...) name its classes in id2label.
 
     pad_token_id, if given, goes into config.json: transformers' *ForSequenceClassification needs one for batches
     and pools the last token that is not it (many base configs, Qwen2.5's among them, have none)."""
     classifier = isinstance(module, SequenceClassifier)
     decoder = module.model if classifier else module
-    dtype = decoder.embed_tokens.weight.dtype
+    dtype = dtype or decoder.embed_tokens.weight.dtype
     config = {**decoder.config.hf, "architectures": [ARCHITECTURES[decoder.config.model_type][classifier]],
               "dtype": str(dtype).removeprefix("torch.")}
     config.pop("torch_dtype", None)
     if pad_token_id is not None:
         config["pad_token_id"] = pad_token_id
     if classifier:
-        labels = range(module.score.out_features)
-        config.update(id2label={str(i): f"LABEL_{i}" for i in labels}, label2id={f"LABEL_{i}": i for i in labels})
+        labels = labels or [f"LABEL_{i}" for i in range(module.score.out_features)]
+        config.update(id2label={str(i): label for i, label in enumerate(labels)},
+                      label2id={label: i for i, label in enumerate(labels)})
     named = merged_tensors(module)
     if not classifier:  # a Decoder's keys are the HF *ForCausalLM keys without the leading "model."
         named = ((key if key.startswith("lm_head.") else f"model.{key}", t) for key, t in named)

@@ -1,5 +1,6 @@
-"""Shared test helpers: the device, a free port, random trainable weights, word-level tokenizers, tiny training
-runs (a random Qwen3-style checkpoint, labelled QC files, a config over them), and plain SGD for comparing runs."""
+"""Shared test helpers: the device, a free port, random trainable weights, word-level and small BPE tokenizers,
+tiny training runs (a random Qwen3-style checkpoint, labelled QC files, a config over them), and plain SGD for
+comparing runs."""
 import json
 import random
 import socket
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
-from data.inputs import TEMPLATES
+from data.inputs import QUESTIONS, TEMPLATES
 from model import Decoder, ModelConfig
 from train.config import RunConfig
 
@@ -49,6 +50,28 @@ def word_tokenizer(words, unk: str = "[UNK]", pre_tokenizer=None) -> Tokenizer:
     return tokenizer
 
 
+def family_tokenizer(family: str, vocab_size: int = 400) -> Tokenizer:
+    """A small BPE tokenizer of the test words and the question template, with the family's special tokens:
+    byte-level as Qwen's, or SentencePiece-style (spaces as "▁", unknown characters <unk>) as Gemma's."""
+    tpl = TEMPLATES[family]
+    specials = [t for t in (tpl.pad, tpl.close, tpl.bos) if t] + (["<unk>"] if family == "gemma" else [])
+    if family == "qwen":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+        tokenizer.normalizer = normalizers.Replace(" ", "▁")
+        tokenizer.decoder = decoders.Replace("▁", " ")
+        alphabet = []
+    texts = [" ".join(WORDS), " ".join(TOPICS), *(" ".join(ws) for ws in TOPICS.values()), *QUESTIONS["QC"],
+             *QUESTIONS["QI"], "- , \n"]
+    tokenizer.train_from_iterator(texts * 3, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                                 initial_alphabet=alphabet))
+    return tokenizer
+
+
 def make_checkpoint(directory: Path) -> Path:
     """A random tiny Qwen3 checkpoint in Hugging Face layout, with a word-level tokenizer.json."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -77,11 +100,12 @@ def make_records(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def tiny_config(tmp: Path, run_dir: str = "run", **train) -> RunConfig:
-    """A float32, dropout-free config over the tiny checkpoint and data (made once per directory)."""
-    model = tmp / "model"
-    if not model.exists():
-        make_checkpoint(model)
+def tiny_config(tmp: Path, run_dir: str = "run", model: Path | None = None, **train) -> RunConfig:
+    """A float32, dropout-free config over the data and the tiny checkpoint (or `model`), made once per directory."""
+    if model is None and not (tmp / "model").exists():
+        make_checkpoint(tmp / "model")
+    model = model or tmp / "model"
+    if not (tmp / "train.jsonl").exists():
         make_records(tmp / "train.jsonl", 32, seed=1)
         make_records(tmp / "valid.jsonl", 12, seed=2)
     cfg = RunConfig(run_dir=str(tmp / run_dir))

@@ -1,6 +1,13 @@
 """Tiny random Hugging Face checkpoints of every family, built offline with transformers (a test-only reference)."""
+import json
+from pathlib import Path
+
 import torch
 import transformers as tf
+
+from data.inputs import TEMPLATES, model_family
+
+from fixtures import family_tokenizer
 
 # Small shapes that still exercise each family: GQA ratio 2 (Gemma: 4), head_dim independent of hidden / heads,
 # sliding windows shorter than the test sequences, linear RoPE scaling on Gemma3's global layers.
@@ -29,19 +36,35 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
 
-def tiny_model(family: str, seed: int = 0):
-    """A random transformers *ForCausalLM of `family`, float32, eval mode."""
+def tiny_model(family: str, seed: int = 0, **config_values):
+    """A random transformers *ForCausalLM of `family`, float32, eval mode; config_values replace the config's."""
     config = CONFIGS[family]()
+    for key, value in config_values.items():
+        setattr(config, key, value)
     model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     randomize(model, seed)
     return model
 
 
-def save_tiny(family: str, path, seed: int = 0, **save_kwargs):
+def save_tiny(family: str, path, seed: int = 0, config_values=None, **save_kwargs):
     """Save a tiny random checkpoint to `path`; returns the transformers model."""
-    model = tiny_model(family, seed)
+    model = tiny_model(family, seed, **(config_values or {}))
     model.save_pretrained(path, **save_kwargs)
     return model
+
+
+def save_tiny_with_tokenizer(model_type: str, path) -> Path:
+    """A tiny random checkpoint of `model_type` with a small BPE tokenizer of its family (fixtures.family_tokenizer)
+    and a tokenizer_config.json such as the family's hub checkpoints have."""
+    family = model_family(model_type)
+    tokenizer = family_tokenizer(family)
+    pad = tokenizer.token_to_id(TEMPLATES[family].pad)
+    save_tiny(model_type, path, config_values=dict(vocab_size=tokenizer.get_vocab_size(), pad_token_id=pad))
+    tokenizer.save(str(path / "tokenizer.json"))
+    hub = {"gemma": {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "bos_token": "<bos>"},
+           "qwen": {"tokenizer_class": "Qwen2Tokenizer", "add_bos_token": False}}[family]
+    (path / "tokenizer_config.json").write_text(json.dumps({**hub, "pad_token": TEMPLATES[family].pad}))
+    return path
 
 
 def padded_batch(padding: str, length: int = 11, seed: int = 0):

@@ -40,6 +40,8 @@ def test_bugs_keep_their_traceback():
     (["-m", "train.commands.submission", "check", "nowhere.zip", "BAD"], "error: nowhere.zip: file not found"),
     (["-m", "train.commands.demo", "BAD_YAML"], "error: BAD_YAML, line 3: mapping values are not allowed here"),
     (["-m", "train.commands.benchmark", "--shared", "nowhere"], "error: nowhere/data/qc_sample.jsonl: not found"),
+    (["-m", "train.commands.score", "nowhere", "-"], "error: nowhere/config.yaml: not found"),
+    (["-m", "train.commands.export", "nowhere", "out"], "error: nowhere/config.yaml: not found"),
 ])
 def test_each_command_prints_one_error_line(tmp_path, command, expected):
     (tmp_path / "bad.jsonl").write_text("{not json\n")

@@ -14,6 +14,7 @@ from data.inputs import (
     group_key,
     model_family,
     pad_token_id,
+    pair_processor,
 )
 from data.records import Record
 
@@ -165,3 +166,20 @@ def test_shared_first_puts_the_category_first_and_a_groups_rows_begin_alike(fami
     prefix = ([tok.token_to_id(bos)] if bos else []) + (piece("Category: ") if question else []) + piece(path) + \
         piece("\nQuery: " if question else "\n")
     assert rows[0][:len(prefix)] == rows[1][:len(prefix)] == prefix
+
+
+@pytest.mark.parametrize("question", [False, True])
+def test_pair_processor_makes_a_pair_into_the_templates_ids(family_tokenizer, question):
+    family, tok, _ = family_tokenizer
+    qi = Record("9", "QI", "ja", "ドラクエ バッグ", "dragon quest waist bag", 1, "dragon quest bag")
+    want = encode(tok, family, RECORDS + [qi], max_length=256, translate=True, question=question)
+    paired = Tokenizer.from_str(tok.to_str())  # a copy: load() shares its tokenizer between tests
+    for ids, r in zip(want, RECORDS + [qi]):
+        paired.post_processor = pair_processor(tok, family, r.task if question else None)
+        assert paired.encode(f"{r.query} - {r.translation}", r.target).ids == ids
+    bos = [tok.token_to_id("<bos>")] if family == "gemma" else []
+    assert paired.encode("a query").ids == bos + tok.encode("a query", add_special_tokens=False).ids
+    shared = encode(tok, family, RECORDS + [qi], 256, True, question, shared_first=True)  # data.share_prefix
+    for ids, r in zip(shared, RECORDS + [qi]):
+        paired.post_processor = pair_processor(tok, family, r.task if question else None, r.task == "QC")
+        assert paired.encode(f"{r.query} - {r.translation}", r.target).ids == ids  # still (query, target)

@@ -80,6 +80,7 @@ class TrainSection:
     compile: bool = False  # torch.compile each decoder block: fuses its element-wise work (pays off on CUDA)
     class_weights: list[float] = field(default_factory=list)
     label_smoothing: float = 0.0
+    loggers: list[Literal["tensorboard"]] = field(default_factory=list)  # besides metrics.jsonl (train/loggers.py)
 
 
 @dataclass

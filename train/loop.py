@@ -32,6 +32,7 @@ from train.distributed import (
     shutdown,
     use_bf16,
 )
+from train.loggers import check_loggers, open_loggers
 from train.metrics import PER_LANGUAGE, best_threshold, classification_metrics, fmt
 from train.progress import MetricsLog, Progress, plot
 from train.rundir import check_resume, lock_run_dir
@@ -332,6 +333,7 @@ def scores(probs, labels, languages, seen) -> dict:
 def train(cfg: RunConfig) -> RunResult:
     """Train one run directory (resuming from its newest checkpoint when asked)."""
     cfg.check()
+    check_loggers(cfg.train.loggers)
     d = init_distributed()
     lock = None
     try:
@@ -387,7 +389,8 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
             raise ConfigError(f"{resume_from} was written with {state.global_batch} examples per step, this "
                              f"config has {per_rank * d.world_size} (batch_size x grad_accum x ranks): keep the "
                              f"product to resume, or start a new run_dir")
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    loggers = open_loggers(t.loggers, run_dir, state.step) if d.main else []
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", loggers)
     progress = Progress(total, state.step) if d.main else None
     say = progress.message if d.main else (lambda text: None)
     if d.main:
@@ -468,6 +471,7 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
             epoch, position = epoch + 1, 0
     finally:
         stop.restore()
+        metrics_log.close()
     if not valid_set:
         save_best(run_dir / "best", model, d, **best_meta(cfg, step, {}, state, d.device))
     if d.main:

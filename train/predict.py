@@ -75,32 +75,40 @@ def finite(probs: dict[str, float], source: Path) -> dict[str, float]:
     return probs
 
 
-def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
-    """Probabilities of the fold model in run.run_dir/best over `records`, and the model's tuned threshold.
-    A float32 base model gets the LoRA update folded into its weights (model.lora.merge_for_inference);
-    train.bf16 auto predicts in the precision the fold's training chose on the same kind of device.
-
-    The config's model.path is the base model (so a moved or downloaded checkpoint works); the one recorded in
-    adapters.json is used only when the config names none.
-    """
+def open_fold(run: RunConfig, device) -> tuple[RunConfig, Path, dict, Path]:
+    """A trained fold: its config with train.bf16 resolved for `device` (auto: the precision the fold's training
+    chose on the same kind of device), its best/ directory, adapters.json, and the base model. The config's
+    model.path is the base model (so a moved or downloaded checkpoint works); the one recorded in adapters.json
+    is used only when the config names none."""
     best_dir = Path(run.run_dir) / "best"
     info = read_json(best_dir / META, "adapters.json of a trained fold")
-    trained = info.get("precision", {})  # auto: the precision training measured faster on this kind of device
+    trained = info.get("precision", {})
     same_kind = trained.get("device") == torch.device(device).type and run.train.bf16 == "auto"
     bf16 = trained["bf16"] if same_kind else use_bf16(run.train.bf16, torch.device(device))
     run = replace(run, train=replace(run.train, bf16=bf16))
-    base = resolve(run.model.path or info["base_model"])
+    return run, best_dir, info, resolve(run.model.path or info["base_model"])
+
+
+def fold_model(run: RunConfig, best_dir: Path, info: dict, base: Path, device):
+    """The fold's classifier in eval mode, a float32 base model with the LoRA update folded into its weights
+    (model.lora.merge_for_inference); its tokenizer and family."""
+    classifier = build_classifier(base, info["r"], info["alpha"], 0.0, info["targets"], DTYPES[run.model.dtype],
+                                  device, info["num_labels"], adapters=best_dir).eval()
+    merge_for_inference(classifier)
+    return classifier, load_tokenizer(base), model_family(classifier.model.config.model_type)
+
+
+def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
+    """Probabilities of the fold model in run.run_dir/best over `records` (as train.loop.encode_examples reads
+    them), and the model's tuned threshold."""
+    run, best_dir, info, base = open_fold(run, device)
     key = fingerprint(run, best_dir, base, records)
     cache = Path(run.run_dir) / "predictions" / CACHE
     if cache.is_file():
         cached = read_json(cache)
         if cached.get("fingerprint") == key:
             return finite(cached["probabilities"], cache), info["threshold"]
-    classifier = build_classifier(base, info["r"], info["alpha"], 0.0, info["targets"], DTYPES[run.model.dtype],
-                                  device, info["num_labels"], adapters=best_dir).eval()
-    merge_for_inference(classifier)
-    family = model_family(classifier.model.config.model_type)
-    tokenizer = load_tokenizer(base)
+    classifier, tokenizer, family = fold_model(run, best_dir, info, base, device)
     items = encode_examples(run, tokenizer, family, records)
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
     finite(probs, best_dir / WEIGHTS)
@@ -108,17 +116,22 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     return probs, info["threshold"]
 
 
+def mean_probability(fold_probs: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
+    """id -> the folds' probabilities averaged with `weights`."""
+    total = sum(weights)
+    return {i: sum(w * p[i] for p, w in zip(fold_probs, weights)) / total for i in fold_probs[0]}
+
+
 def ensemble(fold_probs: list[dict[str, float]], weights: list[float], threshold_of,
              vote: bool = False) -> dict[str, int]:
     """id -> 0/1 from the folds' probabilities, each fold weighted by `weights`, against threshold_of(id).
     Mean: the weighted mean probability. Vote: the weighted share of folds at or above the threshold; a tie counts
     as relevant (positive-class F1 rewards recall on this data)."""
-    total = sum(weights)
     if vote:
+        total = sum(weights)
         return {i: int(2 * sum(w * (p[i] >= threshold_of(i)) for p, w in zip(fold_probs, weights)) >= total)
                 for i in fold_probs[0]}
-    return {i: int(sum(w * p[i] for p, w in zip(fold_probs, weights)) / total >= threshold_of(i))
-            for i in fold_probs[0]}
+    return {i: int(p >= threshold_of(i)) for i, p in mean_probability(fold_probs, weights).items()}
 
 
 def id_order(id_: str):

@@ -35,10 +35,11 @@ class Progress:
 
 
 class MetricsLog:
-    """metrics.jsonl in the run directory: one JSON object per training step or evaluation."""
+    """metrics.jsonl in the run directory: one JSON object per training step or evaluation, also given to each of
+    `loggers` (train/loggers.py)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, path, loggers=()):
+        self.path, self.loggers = Path(path), list(loggers)
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after `step` (a resumed run redoes those steps)."""
@@ -50,6 +51,12 @@ class MetricsLog:
         """One line; an undefined metric is None (null): NaN is not JSON, so it raises here rather than later."""
         with self.path.open("a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
+        for logger in self.loggers:
+            logger.log(record)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
 
     def read(self) -> list[dict]:
         return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []

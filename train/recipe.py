@@ -16,7 +16,7 @@ import torch
 from data.records import TARGET_FIELD, DataError, read_records, read_rows
 from model.loading import read_json
 from train.checkpoint import VALIDATION
-from train.config import ConfigError, RunConfig, StageSection, merge_section
+from train.config import ConfigError, DataSection, RunConfig, StageSection, merge_section, save_config
 from train.loop import read_data_files, train
 from train.metrics import fmt
 from train.predict import ensemble, predict_fold, submission_text, write_submission
@@ -78,6 +78,8 @@ def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
 
 
 def _run_recipe(cfg: RunConfig, rank: int) -> dict:
+    if rank == 0:  # the recipe's own config.yaml: what train.commands.score and export read a recipe directory by
+        save_config(cfg, Path(cfg.run_dir) / "config.yaml")
     results = {}
     for stage in cfg.stages:
         for fold in fold_names(stage):
@@ -107,7 +109,11 @@ def final_stages(cfg: RunConfig) -> dict[str, StageSection]:
 
 def stage_tasks(cfg: RunConfig, stage: StageSection) -> list[str]:
     """The tasks a stage trains: data.task, or those of its train files' first rows (QC and QI: a joint stage)."""
-    data = stage_data(cfg, stage)
+    return data_tasks(stage_data(cfg, stage))
+
+
+def data_tasks(data: DataSection) -> list[str]:
+    """The tasks a data section trains: its task, or those of its train files' first rows."""
     if data.task:
         return [data.task]
     return sorted({str(read_rows(path)[0][1].get("task")) for path in data.train})
@@ -193,14 +199,37 @@ def threshold_choice(cfg: RunConfig, oof: dict) -> tuple[str, dict[str, float]]:
     return (best if cfg.predict.threshold == "auto" else str(cfg.predict.threshold)), f1s
 
 
-def fold_weight(result: dict, task: str, p, where: str) -> float:
-    """A fold's weight in a weighted ensemble: its validation F1 on `task` (a joint model's per-task F1) to the
-    power predict.weight_power; an F1 that is undefined (no relevant validation row) weighs nothing defined."""
-    f1 = result.get(f"{task}_f1", result.get("f1", 1.0))
-    if f1 is None:
-        raise ConfigError(f"predict.ensemble: {p.ensemble} weighs folds by validation F1, which is undefined for "
-                          f"{where} (no relevant validation row); use mean or vote")
-    return f1 ** p.weight_power
+def fold_weights(cfg: RunConfig, stage: StageSection, task: str) -> list[float]:
+    """Each fold's weight in the ensemble: 1, or (predict.ensemble weighted_*) its validation F1 on `task` (a joint
+    model's per-task F1) to the power predict.weight_power; an F1 that is undefined (no relevant validation row)
+    or weights that are all 0 are errors."""
+    p = cfg.predict
+    if not p.ensemble.startswith("weighted"):
+        return [1.0] * len(fold_names(stage))
+    weights = []
+    for fold in fold_names(stage):
+        result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
+        f1 = result.get(f"{task}_f1", result.get("f1", 1.0))
+        if f1 is None:
+            raise ConfigError(f"predict.ensemble: {p.ensemble} weighs folds by validation F1, which is undefined "
+                              f"for {stage.name}/{fold} (no relevant validation row); use mean or vote")
+        weights.append(f1 ** p.weight_power)
+    if not sum(weights):
+        raise ConfigError(f"predict.weight_power: every fold of {stage.name} weighs 0 (validation F1 ** "
+                          f"{p.weight_power}); use a smaller power, or predict.ensemble mean or vote")
+    return weights
+
+
+def task_thresholds(cfg: RunConfig, stage: StageSection, task: str) -> tuple[Thresholds, str]:
+    """The thresholds a task's predictions use and the choice among them (Thresholds.of): tuned on the stage's
+    out-of-fold rows; 0.5 (or predict.threshold's number) for a stage trained on all data."""
+    threshold, oof = cfg.predict.threshold, out_of_fold(cfg, stage, task)
+    if oof:
+        return tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
+    if isinstance(threshold, str) and threshold != "auto":
+        raise ConfigError(f"predict.threshold: {threshold} needs out-of-fold probabilities, and stage "
+                          f"{stage.name} trained on all data")
+    return Thresholds(0.5), "global" if threshold == "auto" else str(threshold)
 
 
 def predict(cfg: RunConfig) -> Path:
@@ -244,25 +273,10 @@ def task_submission(cfg: RunConfig, stage: StageSection, task: str, files: list[
                                                   f"only once among the {task} files")
             source[r.id] = path
             records.append(r)
-    fold_probs, weights = [], []
-    for fold in fold_names(stage):
-        probs, _ = predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)
-        fold_probs.append(probs)
-        result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
-        weights.append(fold_weight(result, task, p, f"{stage.name}/{fold}") if p.ensemble.startswith("weighted")
-                       else 1.0)
-    if not sum(weights):
-        raise ConfigError(f"predict.weight_power: every fold of {stage.name} weighs 0 (validation F1 ** "
-                          f"{p.weight_power}); use a smaller power, or predict.ensemble mean or vote")
-    oof = out_of_fold(cfg, stage, task)
-    if oof:
-        thresholds, choice = tune(oof["probs"], oof["labels"], oof["languages"]), threshold_choice(cfg, oof)[0]
-    elif isinstance(p.threshold, str) and p.threshold != "auto":
-        raise ConfigError(f"predict.threshold: {p.threshold} needs out-of-fold probabilities, and stage "
-                          f"{stage.name} trained on all data")
-    else:
-        thresholds, choice = Thresholds(0.5), "global" if p.threshold == "auto" else str(p.threshold)
+    fold_probs = [predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)[0]
+                  for fold in fold_names(stage)]
+    thresholds, choice = task_thresholds(cfg, stage, task)
     language = {r.id: r.language for r in records}
-    predictions = ensemble(fold_probs, weights, lambda i: thresholds.of(choice, language[i]),
+    predictions = ensemble(fold_probs, fold_weights(cfg, stage, task), lambda i: thresholds.of(choice, language[i]),
                            vote=p.ensemble.endswith("vote"))
     return submission_text(files, task, predictions)

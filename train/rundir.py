@@ -16,7 +16,7 @@ from train.distributed import Dist, all_reduce_sum
 # batch_size x grad_accum x ranks; how they are split gives the same update, tested).
 MAY_CHANGE = ("run_dir", "resume", "stages", "predict", "train.eval_every", "train.save_every", "train.keep_last",
               "train.eval_batch_size", "train.batch_size", "train.grad_accum", "train.activation_checkpointing",
-              "train.compile", "data.max_tokens")
+              "train.compile", "data.max_tokens", "train.loggers")
 
 
 def write_atomic(path, content: str | bytes) -> None:

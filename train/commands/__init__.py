@@ -3,6 +3,8 @@
 ends a user error with one `error: <where>: <what>` line (train/cli.py).
 
     predict     predict again from a recipe's trained folds (new files, a moved base model)
+    score       probabilities and decisions for your own (query, target) rows, from a run or a recipe
+    export      a run (or a recipe's fold) as a Hugging Face checkpoint or PEFT adapter, with a model card
     translate   English translations of the queries, for translation augmentation
     submission  check a submission against its inputs, compare two submissions
     folds       a file's CV folds: per-fold statistics and the assignment
