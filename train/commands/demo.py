@@ -1,6 +1,6 @@
 """`./run.sh demo`: the whole method, offline, on the shipped demo dataset and a tiny model built here.
 
-The model is a randomly initialised Qwen3-shaped decoder (2 layers, hidden 64) with a byte-level BPE tokenizer
+The model is a randomly initialised Qwen3-shaped decoder (2 layers, hidden 128) with a byte-level BPE tokenizer
 trained on the demo files, written as a Hugging Face checkpoint by the project's own export. Then the recipe in
 configs/demo.yaml runs: stage 1 on the other task's full data, stage 2 on the target task fold by fold, for both
 tasks, then the fold-ensembled predictions and submit.zip. It ends with the validation curves of each final
