@@ -199,6 +199,10 @@ def test_cli_prints_the_waste_of_each_layout(shared, tmp_path, capsys):
     assert "40 examples" in printed and printed.count(f"{waste:5.1f}% padding, {40 * max(lengths)} token slots") == 2
     packed = next(line for line in printed.splitlines() if "packed" in line)
     assert float(packed.split(":")[1].split("%")[0]) < waste
+    prefix = len(tok.encode("red shoes", add_special_tokens=False).ids) + len(tok.encode("\n").ids)
+    computed = sum(lengths) - 39 * prefix  # one batch, one query: its prefix once, not 40 times
+    shared_line = next(line for line in printed.splitlines() if "shared prefix" in line)
+    assert f"own tokens / computed {sum(lengths) / computed:.2f}x" in shared_line
 
 
 def test_a_budget_of_rows_times_length_gives_the_row_count_micro_batches():

@@ -1,14 +1,19 @@
-"""The padding waste of padded (random order, length-grouped) and packed batches of a file.
+"""The padding waste of padded (random order, length-grouped), packed and shared-prefix batches of a file.
 
     python -m train.commands.padding FILE TOKENIZER_DIR FAMILY [--batch-size B --max-length L --row-tokens R]
+        [--suffixes-per-prefix K]
+
+Shared-prefix batches (data.share_prefix) put the category path of a QC row first and are drawn from groups as
+training draws them (chunks of at most K examples of one prefix); next to their padding, the examples' own tokens
+over the tokens computed and over the token slots (the factor fewer a step computes than padded rows of them).
 """
 import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from data.batching import BatchSampler, collate_packed, collate_padded, examples, padding_waste
-from data.inputs import LengthError, encode, pad_token_id
+from data.batching import BatchSampler, collate_packed, collate_padded, collate_shared, examples, padding_waste
+from data.inputs import LengthError, encode, group_key, pad_token_id
 from data.records import read_records
 from train.cli import Parser, integer, run_command
 from train.config import ConfigError
@@ -23,6 +28,7 @@ def _main(argv) -> int:
     parser.add_argument("--max-length", type=integer(8), default=128)
     parser.add_argument("--row-tokens", type=integer(1), default=128, help="token budget of a packed row")
     parser.add_argument("--seed", type=integer(0), default=0)
+    parser.add_argument("--suffixes-per-prefix", type=integer(1), default=8, help="data.suffixes_per_prefix")
     args = parser.parse_args(argv)
     if args.row_tokens < args.max_length:
         parser.error(f"argument --row-tokens: must hold one example of --max-length {args.max_length}, got "
@@ -46,6 +52,20 @@ def _main(argv) -> int:
         batches = [collate([data[i] for i in idx]) for idx in sampler]
         slots = sum(b["input_ids"].numel() for b in batches)
         print(f"{name:>40}: {100 * padding_waste(batches):5.1f}% padding, {slots} token slots")
+    try:
+        shared = examples(records, encode(tokenizer, args.family, records, args.max_length, False, shared_first=True),
+                          [group_key(r, False, shared_first=True) for r in records])
+    except LengthError as e:
+        raise ConfigError(f"--max-length: {e}") from None
+    numbers = {g: n for n, g in enumerate(dict.fromkeys(e.group for e in shared))}
+    sampler = BatchSampler(lengths, args.batch_size, args.seed, groups=[numbers[e.group] for e in shared],
+                           group_size=args.suffixes_per_prefix)
+    batches = [collate_shared([shared[i] for i in idx], pad) for idx in sampler]
+    own = sum(len(e.input_ids) for e in shared)
+    computed, slots = sum(int((b["attention_mask"] > 0).sum()) for b in batches), sum(b["input_ids"].numel()
+                                                                                        for b in batches)
+    print(f"{f'shared prefix, <= {args.suffixes_per_prefix} per prefix':>40}: {100 * padding_waste(batches):5.1f}% "
+          f"padding, {slots} token slots; own tokens / computed {own / computed:.2f}x, / slots {own / slots:.2f}x")
     return 0
 
 
