@@ -85,7 +85,8 @@ def test_out_of_range_numbers_fail_when_the_config_loads(config_file, override, 
     ("train:\n  epochs: true\n", "train.epochs: expected int, got True"),
     ("stages:\n  - {name: a, folds: [0, 0]}\n", r"stages\[0\].folds: fold 0 is listed more than once"),
     ("stages:\n  - {name: a, folds: []}\n", r"stages\[0\].folds: an empty list trains nothing"),
-    ("stages:\n  - {name: a, folds: [5]}\n", r"stages.a.folds: fold 5 is not in \[0, 5\)"),
+    ("stages:\n  - {name: a, folds: [5]}\n", r"stages.a.folds: fold 5 is not in \[-1, 5\): data.split groups has 5 "
+                                              r"grouped folds"),
     ("stages:\n  - {name: a, train: {max_steps: -1}}\n", "stages.a.train.max_steps must be >= 0"),
 ])
 def test_empty_values_repeated_folds_and_stage_overrides_are_named(tmp_path, yaml_text, message):
@@ -147,7 +148,7 @@ def test_every_shipped_config_is_a_runnable_one_with_a_header(path):
 
 @pytest.mark.parametrize("override, message", [
     ("run_dir=", "run_dir is required"),
-    ("data.fold=5", r"data.fold must be in \[-1, 5\)"),
+    ("data.fold=5", r"data.fold: fold 5 is not in \[-1, 5\): data.split groups has 5 grouped folds"),
     ("train.class_weights=[1]", "train.class_weights needs 2 values"),
 ])
 def test_values_a_run_cannot_start_with_are_named(config_file, override, message):
@@ -165,3 +166,21 @@ def test_check_range_checks_values_set_in_code(config_file):
 
 def test_a_complete_config_passes_the_check(config_file):
     load_config(config_file, ["data.train=train.jsonl"]).check()
+
+
+def test_run_config_makes_a_stages_fold_a_complete_checked_run(tmp_path):
+    from train.config import Fold, run_config, stage_folds
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("run_dir: runs/r\nmodel: {path: m}\ndata: {train: [qc.jsonl]}\ntrain: {lr: 1.0e-4}\nstages:\n"
+                    "  - {name: pre, folds: full, data: {task: QI}}\n"
+                    "  - {name: QC, folds: [0, 2], init_from: pre, train: {lr: 2.0e-4}}\n")
+    cfg = load_config(path)
+    assert [f.name for f in stage_folds(cfg.stages[1])] == ["fold0", "fold2"] and Fold().name == "full"
+    run = run_config(cfg, cfg.stages[1], Fold(2))
+    assert run.run_dir == "runs/r/QC/fold2" and run.data.fold == 2 and run.train.lr == 2.0e-4 and not run.stages
+    assert run.init_from == "runs/r/pre/full/best"  # a full-data source: every fold starts from its one run
+    full = run_config(cfg, cfg.stages[0], Fold())
+    assert full.data.fold == -1 and full.data.task == "QI" and full.train.lr == 1.0e-4
+    with pytest.raises(ConfigError, match=r"stages.QC.folds: fold 7 is not in \[-1, 5\)"):
+        run_config(cfg, cfg.stages[1], Fold(7))

@@ -484,3 +484,11 @@ def test_a_joint_model_with_held_out_languages_is_chosen_on_the_seen_rows_of_eac
     assert selection_score(metrics, {"fr"}) == ("seen_task_mean_f1", metrics["seen_task_mean_f1"])
     assert selection_score({**metrics, "seen_task_mean_f1": 0.1, "task_mean_f1": 0.9}, {"fr"})[1] == 0.1
     assert selection_score(metrics, set()) == ("task_mean_f1", metrics["task_mean_f1"])
+
+
+def test_a_fold_outside_the_language_split_found_in_the_data_is_the_one_fold_error(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=1)  # rows in en and fr: two held-out language groups by default
+    cfg.data.valid, cfg.data.split, cfg.data.fold = "", "languages", 2
+    with pytest.raises(ConfigError, match=r"data.fold: fold 2 is not in \[-1, 2\): data.split languages has 2 "
+                                          r"held-out language groups"):
+        train(cfg)

@@ -93,7 +93,7 @@ def test_final_stage_of_a_task_is_the_last_one_nothing_starts_from(tmp_path, mod
     ({"init_from": "QI"}, r"init_from 'QI' is not an earlier stage"),
     ({"name": "pre_QI"}, r"unique name"),
     ({"train": {"epoch": 3}}, r"unknown config key 'stages.QC.train.epoch'; did you mean 'train.epochs'"),
-    ({"folds": [7]}, r"stages.QC.folds: fold 7 is not in \[0, 3\)"),
+    ({"folds": [7]}, r"stages.QC.folds: fold 7 is not in \[-1, 3\)"),
 ])
 def test_bad_stages_fail_before_any_training(tmp_path, model_dir, stage_change, message):
     path = recipe(tmp_path, model_dir)
@@ -279,7 +279,7 @@ def test_a_fold_that_predicts_nan_is_refused_naming_it(run, model_dir, monkeypat
 
 def test_predict_and_a_training_of_a_fold_it_reads_refuse_each_other_at_once(run, model_dir):
     import train.loop
-    from train.recipe import stage_run
+    from train.config import Fold, run_config
     from train.rundir import RunLock
 
     cfg = load_config(qc_recipe(run, model_dir))
@@ -289,7 +289,7 @@ def test_predict_and_a_training_of_a_fold_it_reads_refuse_each_other_at_once(run
             predict(cfg)
     with RunLock(fold, shared=True):  # a prediction reading it
         with pytest.raises(ConfigError, match=rf"run_dir {fold}: in use by process \d+ .*\(predicting\)"):
-            train.loop.train(stage_run(cfg, cfg.stages[0], "fold0"))
+            train.loop.train(run_config(cfg, cfg.stages[0], Fold(0)))
     with RunLock(fold, shared=True):  # predictions share it
         predict(cfg)
 
@@ -378,9 +378,9 @@ def test_a_stage_hand_off_is_recorded_evaluated_at_step_0_and_checked(chained, t
 
 
 def tiny_follow(cfg, tmp_path):
-    from train.recipe import stage_run
+    from train.config import Fold, run_config
 
-    run = stage_run(cfg, cfg.stages[1], "fold0")
+    run = run_config(cfg, cfg.stages[1], Fold(0))
     run.run_dir = str(tmp_path / "follow")
     return run
 

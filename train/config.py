@@ -4,7 +4,7 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -124,9 +124,7 @@ class RunConfig:
                 raise ConfigError(f"{key} is required")
         for section in (self.model, self.lora, self.data, self.train, self.predict):
             _check_ranges(section, _SECTION_KEY[type(section)] + ".")
-        folds = self.data.n_folds if self.data.split == "groups" else len(self.data.held_out_languages) or None
-        if not self.data.valid and folds and not -1 <= self.data.fold < folds:
-            raise ConfigError(f"data.fold must be in [-1, {folds}) (-1: no validation), got {self.data.fold}")
+        check_fold(self.data)
         if self.model.head_init == "lm_answer" and self.data.template != "question":
             raise ConfigError("model.head_init: lm_answer reads the LM's answer after a question: set "
                               "data.template: question")
@@ -318,12 +316,73 @@ def load_config(path, overrides: typing.Sequence[str] = ()) -> RunConfig:
         _set(raw, key.strip(), value)
     cfg = _build(RunConfig, raw)
     for stage in cfg.stages:  # a stage's overrides are range-checked now too, not when its turn comes
-        data = merge_section(cfg.data, stage.data, f"stages.{stage.name}.data")
-        merge_section(cfg.train, stage.train, f"stages.{stage.name}.train")
-        n_folds = data.n_folds if data.split == "groups" else len(data.held_out_languages) or None
-        for k in stage.folds if isinstance(stage.folds, list) and n_folds else []:
-            if not 0 <= k < n_folds:
-                raise ConfigError(f"stages.{stage.name}.folds: fold {k} is not in [0, {n_folds})")
+        data, _ = stage_sections(cfg, stage)
+        for fold in stage_folds(stage):
+            check_fold(replace(data, fold=fold.number), key=f"stages.{stage.name}.folds")
+    return cfg
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What one run of a stage holds out: fold `index` of data.split (groups: that grouped fold; languages: that
+    held-out language group, validated on grouped fold index mod data.n_folds), or None: all data, no validation."""
+    index: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The run's directory under its stage: fold<k>, or full."""
+        return "full" if self.index is None else f"fold{self.index}"
+
+    @property
+    def number(self) -> int:
+        """Its data.fold: the index, or -1."""
+        return -1 if self.index is None else self.index
+
+
+def stage_folds(stage: StageSection) -> list[Fold]:
+    return [Fold()] if stage.folds == "full" else [Fold(k) for k in stage.folds]
+
+
+def stage_sections(cfg: RunConfig, stage: StageSection) -> tuple[DataSection, TrainSection]:
+    """The data and train sections of a stage's runs: the top-level ones with the stage's overrides."""
+    return (merge_section(cfg.data, stage.data, f"stages.{stage.name}.data"),
+            merge_section(cfg.train, stage.train, f"stages.{stage.name}.train"))
+
+
+def fold_count(data: DataSection, language_groups=None) -> int | None:
+    """How many folds data.split has: data.n_folds grouped folds, or one per held-out language group
+    (data.held_out_languages, else `language_groups` as the data gives them; None while neither is known)."""
+    if data.split == "groups":
+        return data.n_folds
+    return len(data.held_out_languages or language_groups or []) or None
+
+
+def check_fold(data: DataSection, language_groups=None, key: str = "data.fold") -> None:
+    """data.fold within the split in use, or -1 (no validation); the one check of it, wherever it is made."""
+    count = fold_count(data, language_groups)
+    if data.valid or count is None or -1 <= data.fold < count:
+        return
+    what = "grouped folds (data.n_folds)" if data.split == "groups" else "held-out language groups"
+    raise ConfigError(f"{key}: fold {data.fold} is not in [-1, {count}): data.split {data.split} has {count} {what}; "
+                      f"-1 trains on every row")
+
+
+def run_config(cfg: RunConfig, stage: StageSection | None = None, fold: Fold = Fold()) -> RunConfig:
+    """The complete, checked config of one run: `cfg` itself (no stage), or `fold` of `stage`: the top-level
+    sections with the stage's overrides, its own run_dir (run_dir/<stage>/<fold>), data.fold, and init_from the
+    best/ of the source stage's run for the same fold (or of its full run). Every rule across keys is checked
+    here (RunConfig.check); errors name the key."""
+    if stage is not None:
+        data, train = stage_sections(cfg, stage)
+        init_from = ""
+        if stage.init_from:
+            source = next(s for s in cfg.stages if s.name == stage.init_from)
+            source_fold = Fold() if source.folds == "full" else fold
+            init_from = str(Path(cfg.run_dir) / source.name / source_fold.name / "best")
+        check_fold(replace(data, fold=fold.number), key=f"stages.{stage.name}.folds")
+        cfg = replace(cfg, run_dir=str(Path(cfg.run_dir) / stage.name / fold.name), init_from=init_from, stages=[],
+                      data=replace(data, fold=fold.number), train=train)
+    cfg.check()
     return cfg
 
 

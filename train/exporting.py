@@ -12,9 +12,9 @@ from data.inputs import QUESTIONS, SHARED_FIRST_QUESTIONS, model_family, pad_tok
 from model.adapters import build_classifier
 from model.export import export_merged, export_peft
 from model.loading import load_tokenizer
-from train.config import DTYPES, ConfigError, RunConfig
+from train.config import DTYPES, ConfigError, RunConfig, run_config, stage_folds
 from train.predict import open_fold
-from train.recipe import data_tasks, final_stages, fold_names, stage_run
+from train.recipe import data_tasks, final_stages
 from train.scoring import trained_config
 
 LABELS = ["irrelevant", "relevant"]  # label 0, label 1
@@ -28,13 +28,13 @@ def chosen_run(cfg: RunConfig, fold: str | None, task: str | None) -> tuple[RunC
         task = task or (next(iter(finals)) if len(finals) == 1 else None)
         if task not in finals:
             raise ConfigError(f"--task: the recipe's final stages are for {' and '.join(sorted(finals))}: choose one")
-        names = fold_names(finals[task])
+        folds = {f.name: f for f in stage_folds(finals[task])}
         fold = fold if fold is None or fold == "full" or fold.startswith("fold") else f"fold{fold}"
-        fold = fold or (names[0] if len(names) == 1 else None)
-        if fold not in names:
-            raise ConfigError(f"--fold: stage {finals[task].name} has {', '.join(names)}: choose one (a merged "
+        fold = fold or (next(iter(folds)) if len(folds) == 1 else None)
+        if fold not in folds:
+            raise ConfigError(f"--fold: stage {finals[task].name} has {', '.join(folds)}: choose one (a merged "
                               f"checkpoint holds one model; `score` ensembles the folds)")
-        return stage_run(cfg, finals[task], fold), task
+        return run_config(cfg, finals[task], folds[fold]), task
     if fold is not None:
         raise ConfigError(f"--fold: {cfg.run_dir} is a run directory, not a recipe: it has one model")
     tasks = data_tasks(cfg.data)

@@ -22,7 +22,7 @@ from model.adapters import WEIGHTS, build_classifier, trainable_state
 from model.classifier import batch_logits, classification_loss, lm_head_rows
 from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors
 from train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
-from train.config import DTYPES, ConfigError, RunConfig, save_config
+from train.config import DTYPES, ConfigError, RunConfig, check_fold, save_config
 from train.distributed import (
     Dist,
     all_gather_lists,
@@ -162,9 +162,11 @@ def held_out_groups(cfg: RunConfig, records) -> list[list[str]] | None:
     if data_cfg.split != "languages":
         return None
     groups = data_cfg.held_out_languages or default_language_groups(records)
-    if not 0 <= data_cfg.fold < len(groups):
-        raise ConfigError(f"data.fold must be in [0, {len(groups)}) for held-out language groups {groups}, "
-                          f"got {data_cfg.fold}")
+    check_fold(data_cfg, groups)
+    if data_cfg.fold >= data_cfg.n_folds:
+        logging.getLogger(__name__).info("data.fold %d holds out %s and validates on grouped fold %d of %d "
+                                         "(data.fold mod data.n_folds)", data_cfg.fold, groups[data_cfg.fold],
+                                         data_cfg.fold % data_cfg.n_folds, data_cfg.n_folds)
     present = {r.language for r in records}
     if not set(groups[data_cfg.fold]) & present:
         raise ConfigError(f"data.held_out_languages: fold {data_cfg.fold} holds out {groups[data_cfg.fold]}, which "

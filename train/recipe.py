@@ -8,7 +8,6 @@ Each run has its own directory, run_dir/<stage>/<fold k | full>; a run that fini
 """
 import contextlib
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,7 +15,16 @@ import torch
 from data.records import TARGET_FIELD, DataError, read_records, read_rows
 from model.loading import read_json
 from train.checkpoint import VALIDATION
-from train.config import ConfigError, DataSection, RunConfig, StageSection, merge_section, save_config
+from train.config import (
+    ConfigError,
+    DataSection,
+    RunConfig,
+    StageSection,
+    run_config,
+    save_config,
+    stage_folds,
+    stage_sections,
+)
 from train.loop import read_data_files, train
 from train.metrics import fmt
 from train.predict import ensemble, predict_fold, submission_text, write_submission
@@ -26,26 +34,9 @@ from train.thresholds import Thresholds, choose, tune
 RESULT = "result.json"  # written when a run finishes; its presence means "done"
 
 
-def fold_names(stage: StageSection) -> list[str]:
-    return ["full"] if stage.folds == "full" else [f"fold{k}" for k in stage.folds]
-
-
-def stage_data(cfg: RunConfig, stage: StageSection):
+def stage_data(cfg: RunConfig, stage: StageSection) -> DataSection:
     """The data section of a stage's runs: the top-level one with the stage's overrides."""
-    return merge_section(cfg.data, stage.data, f"stages.{stage.name}.data")
-
-
-def stage_run(cfg: RunConfig, stage: StageSection, fold: str) -> RunConfig:
-    """The config of one run of a stage: the top-level sections with the stage's overrides."""
-    data = stage_data(cfg, stage)
-    init_from = ""
-    if stage.init_from:
-        source = next(s for s in cfg.stages if s.name == stage.init_from)
-        init_fold = "full" if source.folds == "full" else fold
-        init_from = str(Path(cfg.run_dir) / source.name / init_fold / "best")
-    return replace(cfg, run_dir=str(Path(cfg.run_dir) / stage.name / fold), init_from=init_from, stages=[],
-                   data=replace(data, fold=-1 if fold == "full" else int(fold.removeprefix("fold"))),
-                   train=merge_section(cfg.train, stage.train, f"stages.{stage.name}.train"))
+    return stage_sections(cfg, stage)[0]
 
 
 def check_stages(cfg: RunConfig) -> None:
@@ -62,8 +53,8 @@ def check_stages(cfg: RunConfig) -> None:
         if source and source.folds != "full" and (stage.folds == "full" or set(stage.folds) - set(source.folds)):
             raise ConfigError(f"{where}: init_from {source.name!r} trains folds {source.folds}, so it has no run for "
                               f"each of this stage's folds {stage.folds} to start from")
-        for fold in fold_names(stage):
-            stage_run(cfg, stage, fold).check()
+        for fold in stage_folds(stage):
+            run_config(cfg, stage, fold)
 
 
 def run_recipe(cfg: RunConfig, rank: int = 0) -> dict:
@@ -82,8 +73,8 @@ def _run_recipe(cfg: RunConfig, rank: int) -> dict:
         save_config(cfg, Path(cfg.run_dir) / "config.yaml")
     results = {}
     for stage in cfg.stages:
-        for fold in fold_names(stage):
-            run = stage_run(cfg, stage, fold)
+        for fold in stage_folds(stage):
+            run = run_config(cfg, stage, fold)
             done = Path(run.run_dir) / RESULT
             if not done.is_file():
                 result = train(run)
@@ -91,7 +82,7 @@ def _run_recipe(cfg: RunConfig, rank: int) -> dict:
                     return {}
                 if rank == 0:  # written whole or not at all: a half "done" marker would skip the run
                     write_atomic(done, json.dumps(result.summary(), indent=2) + "\n")
-            results[stage.name, fold] = json.loads(done.read_text()) if rank == 0 else {}
+            results[stage.name, fold.name] = json.loads(done.read_text()) if rank == 0 else {}
     if rank != 0:
         return results
     print(summary(cfg, results))
@@ -113,10 +104,23 @@ def stage_tasks(cfg: RunConfig, stage: StageSection) -> list[str]:
 
 
 def data_tasks(data: DataSection) -> list[str]:
-    """The tasks a data section trains: its task, or those of its train files' first rows."""
+    """The tasks a data section trains: its task, or those of its train files."""
     if data.task:
         return [data.task]
-    return sorted({str(read_rows(path)[0][1].get("task")) for path in data.train})
+    return sorted({file_task(path) for path in data.train})
+
+
+def file_task(path) -> str:
+    """A competition file's task, QC or QI: its first row's (read_records checks every other row has it too)."""
+    line, first = read_rows(path)[0]
+    if first.get("task") not in TARGET_FIELD:
+        raise DataError(path, line, "task", f"task {first.get('task')!r}, expected QC or QI")
+    return first["task"]
+
+
+def task_f1(metrics: dict, task: str):
+    """F1 on `task` in a run's metrics: a joint model's per-task F1, or the F1 of a model of that task alone."""
+    return metrics.get(f"{task}_f1", metrics.get("f1"))
 
 
 def summary(cfg: RunConfig, results: dict) -> str:
@@ -126,7 +130,8 @@ def summary(cfg: RunConfig, results: dict) -> str:
     lines = []
     scores = {}
     for stage in cfg.stages:
-        rows = [(fold, results[stage.name, fold]) for fold in fold_names(stage) if "f1" in results[stage.name, fold]]
+        rows = [(fold.name, results[stage.name, fold.name]) for fold in stage_folds(stage)
+                if "f1" in results[stage.name, fold.name]]
         if not rows:
             lines.append(f"{stage.name}: trained on all data (no validation)")
             continue
@@ -153,7 +158,7 @@ def summary(cfg: RunConfig, results: dict) -> str:
         lines += ["".join(f"{v:>11}" if isinstance(v, str) else f"{fmt(v):>11}" for v in row) for row in table]
         mean = dict(zip([key for _, key in columns], table[-1][1:]))
         for task in stage_tasks(cfg, stage):
-            scores[stage.name, task] = mean.get(f"{task}_f1", mean["f1"])
+            scores[stage.name, task] = task_f1(mean, task)
     finals = {task: scores[s.name, task] for task, s in final_stages(cfg).items() if (s.name, task) in scores}
     if {"QC", "QI"} <= finals.keys():
         both = None if None in (finals["QC"], finals["QI"]) else 0.5 * finals["QC"] + 0.5 * finals["QI"]
@@ -180,15 +185,15 @@ def out_of_fold(cfg: RunConfig, stage: StageSection, task: str) -> dict | None:
     scored by the best model of the fold that validated it (best/validation.json); None for a full-data stage."""
     if stage.folds == "full":
         return None
-    run = stage_run(cfg, stage, fold_names(stage)[0])
+    run = run_config(cfg, stage, stage_folds(stage)[0])
     labelled = {r.id: r for r in read_data_files(run, "valid" if run.data.valid else "train")}
     oof = {"ids": [], "probs": [], "labels": [], "languages": [], "folds": []}
-    for fold in fold_names(stage):
-        path = Path(cfg.run_dir) / stage.name / fold / "best" / VALIDATION
+    for fold in stage_folds(stage):
+        path = Path(cfg.run_dir) / stage.name / fold.name / "best" / VALIDATION
         for id_, prob in read_json(path, "validation probabilities of a fold").items():
             r = labelled[id_]
             if r.task == task:
-                for key, value in zip(oof, (r.id, prob, r.label, r.language, fold)):
+                for key, value in zip(oof, (r.id, prob, r.label, r.language, fold.name)):
                     oof[key].append(value)
     return oof
 
@@ -205,14 +210,14 @@ def fold_weights(cfg: RunConfig, stage: StageSection, task: str) -> list[float]:
     or weights that are all 0 are errors."""
     p = cfg.predict
     if not p.ensemble.startswith("weighted"):
-        return [1.0] * len(fold_names(stage))
+        return [1.0] * len(stage_folds(stage))
     weights = []
-    for fold in fold_names(stage):
-        result = read_json(Path(cfg.run_dir) / stage.name / fold / RESULT, "result.json of a trained fold")
-        f1 = result.get(f"{task}_f1", result.get("f1", 1.0))
+    for fold in stage_folds(stage):
+        result = read_json(Path(cfg.run_dir) / stage.name / fold.name / RESULT, "result.json of a trained fold")
+        f1 = task_f1(result, task) if "f1" in result else 1.0  # a full-data run has no validation F1
         if f1 is None:
             raise ConfigError(f"predict.ensemble: {p.ensemble} weighs folds by validation F1, which is undefined "
-                              f"for {stage.name}/{fold} (no relevant validation row); use mean or vote")
+                              f"for {stage.name}/{fold.name} (no relevant validation row); use mean or vote")
         weights.append(f1 ** p.weight_power)
     if not sum(weights):
         raise ConfigError(f"predict.weight_power: every fold of {stage.name} weighs 0 (validation F1 ** "
@@ -246,17 +251,14 @@ def predict(cfg: RunConfig) -> Path:
         raise ConfigError("predict.files: empty, nothing to predict")
     finals, files_of = final_stages(cfg), {}
     for path in p.files:
-        line, first = read_rows(path)[0]
-        task = first.get("task")
-        if task not in TARGET_FIELD:
-            raise DataError(path, line, "task", f"task {task!r}, expected QC or QI")
+        task = file_task(path)
         if task not in finals:
             raise ConfigError(f"predict.files: {path} holds {task} rows, but no stage trains {task}")
         files_of.setdefault(task, []).append(path)
     with contextlib.ExitStack() as locks:  # every fold read, against a training writing into one meanwhile
         for task in files_of:
-            for fold in fold_names(finals[task]):
-                locks.enter_context(RunLock(Path(cfg.run_dir) / finals[task].name / fold, shared=True))
+            for fold in stage_folds(finals[task]):
+                locks.enter_context(RunLock(Path(cfg.run_dir) / finals[task].name / fold.name, shared=True))
         texts = {task: task_submission(cfg, finals[task], task, files, device) for task, files in files_of.items()}
         return write_submission(texts, p.out_dir or Path(cfg.run_dir) / "submission")
 
@@ -273,8 +275,8 @@ def task_submission(cfg: RunConfig, stage: StageSection, task: str, files: list[
                                                   f"only once among the {task} files")
             source[r.id] = path
             records.append(r)
-    fold_probs = [predict_fold(stage_run(cfg, stage, fold), records, p.batch_size, device)[0]
-                  for fold in fold_names(stage)]
+    fold_probs = [predict_fold(run_config(cfg, stage, fold), records, p.batch_size, device)[0]
+                  for fold in stage_folds(stage)]
     thresholds, choice = task_thresholds(cfg, stage, task)
     language = {r.id: r.language for r in records}
     predictions = ensemble(fold_probs, fold_weights(cfg, stage, task), lambda i: thresholds.of(choice, language[i]),

@@ -15,10 +15,10 @@ import torch
 
 from data.inputs import pad_token_id
 from data.records import TARGET_FIELD, DataError, Record, clean, read_translations
-from train.config import ConfigError, RunConfig, load_config
+from train.config import ConfigError, RunConfig, load_config, run_config, stage_folds
 from train.loop import encode_examples
 from train.predict import ensemble, fold_model, mean_probability, open_fold, probabilities
-from train.recipe import data_tasks, final_stages, fold_names, fold_weights, stage_data, stage_run, task_thresholds
+from train.recipe import data_tasks, final_stages, fold_weights, stage_data, task_thresholds
 from train.thresholds import Thresholds
 
 TASK_OF_FIELD = {field: task for task, field in TARGET_FIELD.items()}
@@ -34,7 +34,7 @@ def trained_config(directory) -> RunConfig:
 
 
 @dataclass
-class Fold:
+class FoldModel:
     run: RunConfig  # train.bf16 resolved
     classifier: torch.nn.Module
     tokenizer: object
@@ -45,7 +45,7 @@ class Fold:
 @dataclass
 class TaskModels:
     """The fold models that score one task, and how their probabilities become a decision."""
-    folds: list[Fold]
+    folds: list[FoldModel]
     weights: list[float]
     thresholds: Thresholds
     choice: str  # Thresholds.of's choice: "global", "per_language" or a number
@@ -69,7 +69,7 @@ class Scorer:
         if cfg.stages:  # a recipe: the folds of each task's final stage
             self.tasks = {}
             for task, stage in final_stages(cfg).items():
-                folds = [self._fold(stage_run(cfg, stage, fold)) for fold in fold_names(stage)]
+                folds = [self._fold(run_config(cfg, stage, fold)) for fold in stage_folds(stage)]
                 thresholds, choice = (Thresholds(threshold), "global") if threshold is not None else \
                     task_thresholds(cfg, stage, task)
                 self.tasks[task] = TaskModels(folds, fold_weights(cfg, stage, task), thresholds, choice,
@@ -84,12 +84,12 @@ class Scorer:
             path = translations or models.data.translations
             self.translations[task] = read_translations(path) if path else None
 
-    def _fold(self, run: RunConfig) -> Fold:
+    def _fold(self, run: RunConfig) -> FoldModel:
         """The fold model of a run directory, loaded once (a joint stage's folds score both tasks)."""
         if run.run_dir not in self._loaded:
             run, best_dir, info, base = open_fold(run, self.device)
             classifier, tokenizer, family = fold_model(run, best_dir, info, base, self.device)
-            self._loaded[run.run_dir] = Fold(run, classifier, tokenizer, family, info["threshold"])
+            self._loaded[run.run_dir] = FoldModel(run, classifier, tokenizer, family, info["threshold"])
         return self._loaded[run.run_dir]
 
     def record(self, id_: str, task: str, query: str, target: str, language: str = "",

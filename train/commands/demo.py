@@ -22,9 +22,9 @@ from data.records import read_rows
 from model import Decoder, ModelConfig
 from model.export import export_merged
 from train.cli import Parser, run_command
-from train.config import load_config
+from train.config import load_config, stage_folds
 from train.main import main as train_main
-from train.recipe import final_stages, fold_names
+from train.recipe import final_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "demo.yaml"
@@ -83,8 +83,9 @@ def _main(argv) -> int:
     status = train_main(args)
     if status == 0:
         for stage in {s.name: s for s in final_stages(cfg).values()}.values():
-            curves = Path(cfg.run_dir) / stage.name / fold_names(stage)[0] / "metrics.txt"
-            print(f"\n{stage.name}, {fold_names(stage)[0]}: validation during training ({curves})")
+            first = stage_folds(stage)[0].name
+            curves = Path(cfg.run_dir) / stage.name / first / "metrics.txt"
+            print(f"\n{stage.name}, {first}: validation during training ({curves})")
             print(curves.read_text(), end="")
     return status
 
