@@ -43,7 +43,8 @@ def test_a_run_scores_as_predict_does_with_its_threshold(run_dir, tmp_path):
     rows[1]["translated_query"] = "Best Boot"  # a run without a translations file reads the row's
     path = write_rows(tmp_path / "rows.jsonl", rows)
     cfg = load_config(run_dir / "config.yaml")
-    want, threshold = predict_fold(cfg, read_records(path, training=False), 4, "cpu")
+    want = predict_fold(cfg, read_records(path, training=False), 4, "cpu")
+    threshold = json.loads((run_dir / "best" / "adapters.json").read_text())["threshold"]
     out = tmp_path / "scored.jsonl"
     assert score_main([str(run_dir), str(path), "--out", str(out)]) == 0
     scored = [json.loads(line) for line in out.read_text().splitlines()]
@@ -130,7 +131,7 @@ def test_the_real_gemma3_270m_scores_the_qc_sample_as_predict_does(shared, tmp_p
     save_config(cfg, tmp_path / "run" / "config.yaml")
     lines = (shared / "data" / "qc_sample.jsonl").read_text().splitlines()[:48]
     rows = write_rows(tmp_path / "rows.jsonl", [json.loads(line) for line in lines])
-    want, _ = predict_fold(cfg, read_records(rows, training=False), 16, "cpu")
+    want = predict_fold(cfg, read_records(rows, training=False), 16, "cpu")
     out = tmp_path / "scored.jsonl"
     assert score_main([str(tmp_path / "run"), str(rows), "--out", str(out), "--batch-size", "16"]) == 0
     scored = [json.loads(line) for line in out.read_text().splitlines()]

@@ -98,22 +98,22 @@ def fold_model(run: RunConfig, best_dir: Path, info: dict, base: Path, device):
     return classifier, load_tokenizer(base), model_family(classifier.model.config.model_type)
 
 
-def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> tuple[dict[str, float], float]:
+def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device) -> dict[str, float]:
     """Probabilities of the fold model in run.run_dir/best over `records` (as train.loop.encode_examples reads
-    them), and the model's tuned threshold."""
+    them); the fold's own threshold is in best/adapters.json."""
     run, best_dir, info, base = open_fold(run, device)
     key = fingerprint(run, best_dir, base, records)
     cache = Path(run.run_dir) / "predictions" / CACHE
     if cache.is_file():
         cached = read_json(cache)
         if cached.get("fingerprint") == key:
-            return finite(cached["probabilities"], cache), info["threshold"]
+            return finite(cached["probabilities"], cache)
     classifier, tokenizer, family = fold_model(run, best_dir, info, base, device)
     items = encode_examples(run, tokenizer, family, records)
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
     finite(probs, best_dir / WEIGHTS)
     write_atomic(cache, json.dumps({"fingerprint": key, "probabilities": probs}, ensure_ascii=False))
-    return probs, info["threshold"]
+    return probs
 
 
 def mean_probability(fold_probs: list[dict[str, float]], weights: list[float]) -> dict[str, float]:

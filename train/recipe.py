@@ -275,7 +275,7 @@ def task_submission(cfg: RunConfig, stage: StageSection, task: str, files: list[
                                                   f"only once among the {task} files")
             source[r.id] = path
             records.append(r)
-    fold_probs = [predict_fold(run_config(cfg, stage, fold), records, p.batch_size, device)[0]
+    fold_probs = [predict_fold(run_config(cfg, stage, fold), records, p.batch_size, device)
                   for fold in stage_folds(stage)]
     thresholds, choice = task_thresholds(cfg, stage, task)
     language = {r.id: r.language for r in records}
