@@ -4,6 +4,7 @@ A batch is a dict:
     input_ids       (B, T) long
     attention_mask  (B, T) long: 0 = padding, k > 0 = the k-th example of the row
     position_ids    (B, T) long: 0, 1, 2, ... restarting for each example; 0 on padding
+    token_type_ids  (B, T) long, only when the examples have token types (BERT's segments); 0 on padding
     labels          (N,) long: one per example, row by row then example by example; -1 when unlabelled
     ids             N record ids, in the order of labels
 A padded batch has one example per row; a packed batch concatenates examples into rows of at most
@@ -21,11 +22,14 @@ class Example:
     id: str
     input_ids: list[int]
     label: int | None
+    token_types: list[int] | None = None
 
 
-def examples(records, token_ids) -> list[Example]:
-    """Pair records with their token ids (from data.inputs.encode); a list of these is a Dataset."""
-    return [Example(r.id, ids, r.label) for r, ids in zip(records, token_ids, strict=True)]
+def examples(records, token_ids, token_types=None) -> list[Example]:
+    """Pair records with their token ids (from data.inputs.encode) and token types (data.inputs.token_types, None
+    for families without); a list of these is a Dataset."""
+    types = token_types or [None] * len(token_ids)
+    return [Example(r.id, ids, r.label, t) for r, ids, t in zip(records, token_ids, types, strict=True)]
 
 
 def bucketed(length: int) -> int:
@@ -40,14 +44,16 @@ def collate_rows(rows: list[list[Example]], pad_id: int, padding_side: str = "ri
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
     width = bucketed(width) if bucket else width
-    columns = {"input_ids": [], "attention_mask": [], "position_ids": []}
+    typed = rows[0][0].token_types is not None
+    columns = {"input_ids": [], "attention_mask": [], "position_ids": []} | ({"token_type_ids": []} if typed else {})
     for row in rows:
         ids = [t for e in row for t in e.input_ids]
         numbers = [k for k, e in enumerate(row, 1) for _ in e.input_ids]
         positions = [p for e in row for p in range(len(e.input_ids))]
+        types = [t for e in row for t in e.token_types] if typed else None
         n_pad = width - len(ids)
         for name, values, fill in [("input_ids", ids, pad_id), ("attention_mask", numbers, 0),
-                                   ("position_ids", positions, 0)]:
+                                   ("position_ids", positions, 0), ("token_type_ids", types, 0)][:3 + typed]:
             columns[name].append(values + [fill] * n_pad if padding_side == "right" else [fill] * n_pad + values)
     batch = {name: torch.tensor(values, dtype=torch.long) for name, values in columns.items()}
     flat = [e for row in rows for e in row]

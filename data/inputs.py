@@ -3,11 +3,14 @@
 Part 1 is the query, or `query + " - " + translation` with translation augmentation; part 2 is the
 category path (QC) or item title (QI). The templates, for base (not chat) checkpoints:
 
-    qwen:   {part 1}\\n{part 2}<|im_end|>           Qwen has no BOS; pad is <|endoftext|>
-    gemma:  <bos>{part 1}\\n{part 2}<eos>           pad is <pad>
+    qwen:     {part 1}\\n{part 2}<|im_end|>           Qwen has no BOS; pad is <|endoftext|>
+    gemma:    <bos>{part 1}\\n{part 2}<eos>           pad is <pad>
+    bert:     [CLS] {part 1} [SEP] {part 2} [SEP]     token types 0 up to the first [SEP], 1 after; pad [PAD]
+    roberta:  <s> {part 1} </s></s> {part 2} </s>     (and XLM-RoBERTa) no token types; pad is <pad>
 
-Every row ends in the family's closing token, the one the classifier pools. It is never the pad token, so
-transformers' *ForSequenceClassification (which pools the last non-pad token) pools it too in our exports.
+A decoder's row ends in the family's closing token, the one its classifier pools. It is never the pad token, so
+transformers' *ForSequenceClassification (which pools the last non-pad token) pools it too in our exports. An
+encoder's classifier pools the first token ([CLS] / <s>); its rows are those of the tokenizer's own pair template.
 
 The question template (`question=True`) asks what the head answers, ending where the LM would answer:
 
@@ -23,20 +26,26 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-FAMILIES = {"qwen2": "qwen", "qwen3": "qwen"} | dict.fromkeys(["gemma", "gemma2", "gemma3", "gemma3_text"], "gemma")
+FAMILIES = {"qwen2": "qwen", "qwen3": "qwen"} | dict.fromkeys(["gemma", "gemma2", "gemma3", "gemma3_text"], "gemma") \
+    | {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
+ENCODER_FAMILIES = ("bert", "roberta")  # pooled at the first token; the plain template only
 
 
 @dataclass(frozen=True)
 class Template:
     bos: str | None
-    separator: str
+    separator: str  # text between the parts (decoders)
     close: str
     pad: str
+    middle: tuple[str, ...] = ()  # special tokens between the parts (encoders)
+    token_types: bool = False  # segment ids: 0 up to the first middle token, 1 after (BERT)
 
 
 TEMPLATES = {
     "qwen": Template(bos=None, separator="\n", close="<|im_end|>", pad="<|endoftext|>"),
     "gemma": Template(bos="<bos>", separator="\n", close="<eos>", pad="<pad>"),
+    "bert": Template(bos="[CLS]", separator="", close="[SEP]", pad="[PAD]", middle=("[SEP]",), token_types=True),
+    "roberta": Template(bos="<s>", separator="", close="</s>", pad="<pad>", middle=("</s>", "</s>")),
 }
 
 
@@ -65,8 +74,16 @@ def pad_token_id(tokenizer: Tokenizer, family: str) -> int:
 
 
 def close_token_id(tokenizer: Tokenizer, family: str) -> int:
-    """The token that ends every row: the classifier pools its hidden state."""
+    """The token that ends every row (a decoder's classifier pools its hidden state)."""
     return token_id(tokenizer, template(family).close)
+
+
+def token_types(family: str, rows: list[list[int]]) -> list[list[int]] | None:
+    """Segment ids of encode's rows where the family has them (BERT: 0 for [CLS] part 1 [SEP], 1 for part 2 [SEP],
+    split after the first [SEP], which encode keeps out of the texts); None for the others."""
+    if not template(family).token_types:
+        return None
+    return [[0] * (row.index(row[-1]) + 1) + [1] * (len(row) - row.index(row[-1]) - 1) for row in rows]
 
 
 QUESTIONS = {  # task -> (before part 1, between the parts, after part 2)
@@ -95,21 +112,33 @@ def first_part(record, translate: bool) -> str:
 def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translate: bool,
            question: bool = False) -> list[list[int]]:
     """Token ids per record, at most max_length each, each ending in close_token_id(tokenizer, family), or with
-    `question` in the question template's last token."""
+    `question` in the question template's last token (decoders only). The tokenizer's own padding, truncation and
+    post-processor are not used (a BERT tokenizer.json may pad every text to 128 tokens); an encoder's texts lose
+    any template token they contain, so that the template's are the only ones."""
     tpl = template(family)
+    if question and family in ENCODER_FAMILIES:
+        raise ValueError(f"the question template ends where a decoder's LM answers; a {family} encoder pools its "
+                         f"first token and takes the plain template")
+    if tokenizer.padding or tokenizer.truncation:
+        tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
     prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
     piece = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
     frames = {task: [piece(text) for text in texts] for task, texts in QUESTIONS.items()} if question else {}
-    plain = ([], piece(tpl.separator), [close_token_id(tokenizer, family)])
+    middle = [token_id(tokenizer, t) for t in tpl.middle]
+    plain = ([], piece(tpl.separator) + middle, [close_token_id(tokenizer, family)])
+    specials = set(prefix + middle + plain[2]) if tpl.middle else set()
     longest = max(sum(map(len, frame)) for frame in [plain, *frames.values()])
     if max_length - len(prefix) - longest < 1:
         raise ValueError(f"max_length={max_length} leaves no room for text in the {family} template")
-    queries = tokenizer.encode_batch([first_part(r, translate) for r in records], add_special_tokens=False)
-    targets = tokenizer.encode_batch([r.target for r in records], add_special_tokens=False)
+    texts = lambda strings: [[i for i in e.ids if i not in specials]  # noqa: E731
+                             for e in tokenizer.encode_batch(strings, add_special_tokens=False)]
+    queries, targets = texts([first_part(r, translate) for r in records]), texts([r.target for r in records])
     rows = []
     for r, q, t in zip(records, queries, targets):
         lead, middle, tail = frames[r.task] if question else plain
         budget = max_length - len(prefix) - len(lead) - len(middle) - len(tail)
-        q, t = q.ids[:budget], t.ids[: max(budget - len(q.ids), 0)]
+        q, t = q[:budget], t[: max(budget - len(q), 0)]
         rows.append(prefix + lead + q + middle + t + tail)
     return rows

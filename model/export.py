@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from model.adapters import lora_settings, trainable_state
-from model.classifier import SequenceClassifier
+from model.classifier import EncoderClassifier, SequenceClassifier
 from model.loading import save_tensors
 from model.lora import merged_tensors
 
@@ -18,6 +18,9 @@ ARCHITECTURES = {
     "gemma": ("GemmaForCausalLM", "GemmaForSequenceClassification"),
     "gemma2": ("Gemma2ForCausalLM", "Gemma2ForSequenceClassification"),
     "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification"),
+    "bert": ("BertModel", "BertForSequenceClassification"),
+    "roberta": ("RobertaModel", "RobertaForSequenceClassification"),
+    "xlm-roberta": ("XLMRobertaModel", "XLMRobertaForSequenceClassification"),
 }
 
 
@@ -36,21 +39,22 @@ def shards(tensors, max_bytes: int):
 
 @torch.no_grad()
 def export_merged(module, directory, max_shard_bytes: int = 5 * 10**9, pad_token_id: int | None = None) -> None:
-    """Write `module` (a SequenceClassifier or a Decoder, with or without LoRA) as a Hugging Face checkpoint in
-    the decoder's dtype, LoRA merged. The module is not modified; run it on one process (not FSDP-sharded).
+    """Write `module` (a SequenceClassifier, an EncoderClassifier or a Decoder, with or without LoRA) as a Hugging
+    Face checkpoint in the base model's dtype, LoRA merged. The module is not modified; run it on one process (not
+    FSDP-sharded). An EncoderClassifier's names are already transformers' (`bert.`, `classifier.`).
 
     pad_token_id, if given, goes into config.json: transformers' *ForSequenceClassification needs one for batches
     and pools the last token that is not it (many base configs, Qwen2.5's among them, have none)."""
-    classifier = isinstance(module, SequenceClassifier)
+    classifier = isinstance(module, SequenceClassifier | EncoderClassifier)
     decoder = module.model if classifier else module
-    dtype = decoder.embed_tokens.weight.dtype
+    dtype = next(decoder.parameters()).dtype  # the token embeddings
     config = {**decoder.config.hf, "architectures": [ARCHITECTURES[decoder.config.model_type][classifier]],
               "dtype": str(dtype).removeprefix("torch.")}
     config.pop("torch_dtype", None)
     if pad_token_id is not None:
         config["pad_token_id"] = pad_token_id
     if classifier:
-        labels = range(module.score.out_features)
+        labels = range(module.num_labels)
         config.update(id2label={str(i): f"LABEL_{i}" for i in labels}, label2id={f"LABEL_{i}": i for i in labels})
     named = merged_tensors(module)
     if not classifier:  # a Decoder's keys are the HF *ForCausalLM keys without the leading "model."
@@ -82,13 +86,13 @@ def peft_name(name: str) -> str:
 
 
 def export_peft(classifier, directory, base_model_name_or_path: str) -> None:
-    """Write a PEFT LoRA adapter (task SEQ_CLS, `score` in modules_to_save) loadable with
+    """Write a PEFT LoRA adapter (task SEQ_CLS, the head, `score` or `classifier`, in modules_to_save) loadable with
     PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=...), directory)."""
     lora = lora_settings(classifier)
     config = dict(peft_type="LORA", task_type="SEQ_CLS", base_model_name_or_path=str(base_model_name_or_path),
                   r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["targets"],
-                  modules_to_save=["score"], bias="none", fan_in_fan_out=False, use_rslora=False, use_dora=False,
-                  init_lora_weights=True, inference_mode=True)
+                  modules_to_save=[classifier.head], bias="none", fan_in_fan_out=False, use_rslora=False,
+                  use_dora=False, init_lora_weights=True, inference_mode=True)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {peft_name(name): t for name, t in trainable_state(classifier).items()}

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
-from data.inputs import TEMPLATES
+from data.inputs import ENCODER_FAMILIES, TEMPLATES
 from model import Decoder, ModelConfig
 from train.config import RunConfig
 
@@ -52,7 +52,8 @@ def word_tokenizer(words, unk: str = "[UNK]", pre_tokenizer=None) -> Tokenizer:
 def make_checkpoint(directory: Path) -> Path:
     """A random tiny Qwen3 checkpoint in Hugging Face layout, with a word-level tokenizer.json."""
     directory.mkdir(parents=True, exist_ok=True)
-    specials = sorted({t for tpl in TEMPLATES.values() for t in (tpl.bos, tpl.close, tpl.pad) if t})
+    specials = sorted({t for name, tpl in TEMPLATES.items() if name not in ENCODER_FAMILIES
+                       for t in (tpl.bos, tpl.close, tpl.pad) if t})
     vocab = [*specials, "[UNK]", "-", "no", "yes", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
     word_tokenizer(vocab).save(str(directory / "tokenizer.json"))
     torch.manual_seed(0)

@@ -16,11 +16,13 @@ import torch.nn.functional as F
 
 from data.batching import BatchSampler, collate_packed, collate_padded, examples, micro_batches
 from data.folds import default_language_groups, split_rows
-from data.inputs import answer_token_ids, encode, model_family, pad_token_id
+from data.inputs import answer_token_ids, encode, model_family, pad_token_id, token_types
 from data.records import Record, read_records
 from model.adapters import WEIGHTS, build_classifier, trainable_state
 from model.classifier import batch_logits, classification_loss, lm_head_rows
-from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors
+from model.config import ModelConfig
+from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors, read_config, resolve
+from model.lora import LoRATargetError
 from train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.config import DTYPES, ConfigError, RunConfig, save_config
 from train.distributed import (
@@ -69,11 +71,27 @@ def run_classifier(cfg: RunConfig, device: torch.device):
     """The run's classifier (model.build_classifier with the config's settings), from init_from's adapters or, with
     head_init lm_answer, with the LM's answer rows as its head."""
     c = cfg.lora
-    classifier = build_classifier(cfg.model.path, c.r, c.alpha, c.dropout, c.targets, DTYPES[cfg.model.dtype],
-                                  device, adapters=cfg.init_from or None)
+    check_model_options(cfg, read_config(resolve(cfg.model.path)))
+    try:
+        classifier = build_classifier(cfg.model.path, c.r, c.alpha, c.dropout, c.targets, DTYPES[cfg.model.dtype],
+                                      device, adapters=cfg.init_from or None)
+    except LoRATargetError as e:
+        raise ConfigError(f"lora.targets: {e}") from None
     if not cfg.init_from and cfg.model.head_init == "lm_answer":
         classifier.init_score(lm_head_rows(cfg.model.path, answer_token_ids(load_tokenizer(cfg.model.path))))
     return classifier
+
+
+def check_model_options(cfg: RunConfig, model: ModelConfig) -> None:
+    """What only a decoder does: packed rows (an encoder pools each row's first token), the question template and
+    the LM-answer head (both read the LM's answer, which an encoder has not)."""
+    if not model.encoder:
+        return
+    for key, asked in (("data.packing", cfg.data.packing), ("data.template", cfg.data.template == "question"),
+                       ("model.head_init", cfg.model.head_init == "lm_answer")):
+        if asked:
+            raise ConfigError(f"{key}: {getattr(cfg.data if key.startswith('data') else cfg.model, key[5:])!r} is "
+                              f"for decoders; {cfg.model.path} is a {model.model_type} encoder")
 
 
 def read_data_files(cfg: RunConfig, key: str) -> list[Record]:
@@ -130,7 +148,10 @@ def load_data(cfg: RunConfig, model_type: str) -> Data:
     tokenizer = load_tokenizer(cfg.model.path)
     family = model_family(model_type)
     question = data_cfg.template == "question"
-    encoded = lambda rs: examples(rs, encode(tokenizer, family, rs, data_cfg.max_length, True, question))  # noqa: E731
+    def encoded(rs):
+        rows = encode(tokenizer, family, rs, data_cfg.max_length, True, question)
+        return examples(rs, rows, token_types(family, rows))
+
     everything = train_records + valid_records
     return Data(encoded(train_records), encoded(valid_records), {r.id: r.language for r in everything},
                 {r.id: r.task for r in everything}, pad_token_id(tokenizer, family), held_out)

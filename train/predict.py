@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from data.batching import collate_padded, examples
-from data.inputs import encode, model_family, pad_token_id
+from data.inputs import encode, model_family, pad_token_id, token_types
 from data.records import TARGET_FIELD, DataError, Record, read_rows
 from model.adapters import META, WEIGHTS, build_classifier
 from model.classifier import batch_logits
@@ -80,8 +80,9 @@ def predict_fold(run: RunConfig, records: list[Record], batch_size: int, device)
     merge_for_inference(classifier)
     family = model_family(classifier.model.config.model_type)
     tokenizer = load_tokenizer(base)
-    items = examples(records, encode(tokenizer, family, records, run.data.max_length, translate=True,
-                                     question=run.data.template == "question"))
+    rows = encode(tokenizer, family, records, run.data.max_length, translate=True,
+                  question=run.data.template == "question")
+    items = examples(records, rows, token_types(family, rows))
     probs = probabilities(classifier, items, pad_token_id(tokenizer, family), batch_size, device, run.train.bf16)
     write_atomic(cache, json.dumps({"fingerprint": key, "probabilities": probs}, ensure_ascii=False))
     return probs, info["threshold"]
