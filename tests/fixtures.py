@@ -63,6 +63,20 @@ def make_checkpoint(directory: Path) -> Path:
     return directory
 
 
+def make_encoder_checkpoint(directory: Path, family: str = "bert") -> Path:
+    """A random tiny BERT-style checkpoint (transformers' bare encoder, no head) with a word-level tokenizer.json
+    that has the encoder templates' special tokens."""
+    from hf_tiny import tiny_encoder
+
+    specials = sorted({t for name in ENCODER_FAMILIES for tpl in [TEMPLATES[name]] for t in (tpl.bos, tpl.close,
+                                                                                             tpl.pad)})
+    vocab = [*specials, "[UNK]", "-", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
+    directory.mkdir(parents=True, exist_ok=True)
+    word_tokenizer(vocab).save(str(directory / "tokenizer.json"))
+    tiny_encoder(family).base_model.save_pretrained(directory)
+    return directory
+
+
 def make_records(path: Path, n: int, seed: int) -> Path:
     """n QC rows in the competition's JSON-lines schema; relevant when the query names the category's topic."""
     rng = random.Random(seed)

@@ -16,15 +16,17 @@ from torch._dynamo.utils import counters
 
 from data.batching import collate_padded
 from model.adapters import load_adapters
+from model.lora import ENCODER_TARGETS
 from train.checkpoint import latest_checkpoint
 from train.config import ConfigError, TrainSection, save_config
 from train.distributed import Dist
-from train.loop import Data, evaluate, load_data, lr_at, run_classifier, train
+from train.loop import Data, evaluate, load_data, lr_at, read_data_files, run_classifier, train
 from train.main import main
 from train.metrics import PER_LANGUAGE
+from train.predict import predict_fold
 from train.progress import MetricsLog, plot, text_curve
 
-from fixtures import make_qi_records, tiny_config
+from fixtures import make_encoder_checkpoint, make_qi_records, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE = Dist(rank=0, world_size=1, device=torch.device("cpu"))
@@ -357,3 +359,27 @@ def test_token_budget_micro_batches_make_the_same_updates_and_resume_exactly(tmp
     small.data.max_tokens = 8
     with pytest.raises(ConfigError, match=r"data.max_tokens must hold one example of data.max_length=16 \(16 token"):
         train(small)
+
+
+def test_an_encoder_trains_and_predicts_and_refuses_what_is_decoder_only(tmp_path):
+    """A tiny BERT through the same loop (folds, evaluation, best/) and prediction (train/predict.py scores the
+    validation rows as the run's evaluation did); packing, the question template, the LM-answer head and the
+    decoders' LoRA targets are config errors naming the key."""
+    cfg = tiny_config(tmp_path, epochs=2)
+    cfg.model.path = str(make_encoder_checkpoint(tmp_path / "bert"))
+    cfg.lora.targets = list(ENCODER_TARGETS)
+    result = train(cfg)
+    assert json.loads((Path(cfg.run_dir) / "best" / "adapters.json").read_text())["model_type"] == "bert"
+    assert result.metrics["auc"] > 0.5
+    records = read_data_files(cfg, "valid")
+    probs, _ = predict_fold(cfg, records, 5, "cpu")
+    want = json.loads((Path(cfg.run_dir) / "best" / "validation.json").read_text())
+    assert want.keys() == probs.keys() and max(abs(probs[i] - want[i]) for i in want) < 1e-5
+    for override, key in ((dict(packing=True), "data.packing"), (dict(template="question"), "data.template")):
+        with pytest.raises(ConfigError, match=f"^{key}: .* is for decoders; .* is a bert encoder"):
+            run_classifier(replace(cfg, data=replace(cfg.data, **override)), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="^model.head_init: 'lm_answer' is for decoders"):
+        run_classifier(replace(cfg, model=replace(cfg.model, head_init="lm_answer")), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"^lora.targets: no linear layer named down_proj, q_proj in "
+                                          r"EncoderClassifier \(its linear layers: dense, key, query, value\)"):
+        run_classifier(replace(cfg, lora=replace(cfg.lora, targets=["q_proj", "down_proj"])), torch.device("cpu"))

@@ -87,11 +87,11 @@ def check_model_options(cfg: RunConfig, model: ModelConfig) -> None:
     the LM-answer head (both read the LM's answer, which an encoder has not)."""
     if not model.encoder:
         return
-    for key, asked in (("data.packing", cfg.data.packing), ("data.template", cfg.data.template == "question"),
-                       ("model.head_init", cfg.model.head_init == "lm_answer")):
+    for key, value, asked in (("data.packing", cfg.data.packing, cfg.data.packing),
+                              ("data.template", cfg.data.template, cfg.data.template == "question"),
+                              ("model.head_init", cfg.model.head_init, cfg.model.head_init == "lm_answer")):
         if asked:
-            raise ConfigError(f"{key}: {getattr(cfg.data if key.startswith('data') else cfg.model, key[5:])!r} is "
-                              f"for decoders; {cfg.model.path} is a {model.model_type} encoder")
+            raise ConfigError(f"{key}: {value!r} is for decoders; {cfg.model.path} is a {model.model_type} encoder")
 
 
 def read_data_files(cfg: RunConfig, key: str) -> list[Record]:
