@@ -63,9 +63,9 @@ def make_checkpoint(directory: Path) -> Path:
     return directory
 
 
-def make_encoder_checkpoint(directory: Path, family: str = "bert") -> Path:
-    """A random tiny BERT-style checkpoint (transformers' bare encoder, no head) with a word-level tokenizer.json
-    that has the encoder templates' special tokens."""
+def make_encoder_checkpoint(directory: Path, family: str = "bert", **config_changes) -> Path:
+    """A random tiny BERT-style checkpoint (transformers' bare encoder, no head; config.json fields changed as
+    given) with a word-level tokenizer.json that has the encoder templates' special tokens."""
     from hf_tiny import tiny_encoder
 
     specials = sorted({t for name in ENCODER_FAMILIES for tpl in [TEMPLATES[name]] for t in (tpl.bos, tpl.close,
@@ -73,7 +73,7 @@ def make_encoder_checkpoint(directory: Path, family: str = "bert") -> Path:
     vocab = [*specials, "[UNK]", "-", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
     directory.mkdir(parents=True, exist_ok=True)
     word_tokenizer(vocab).save(str(directory / "tokenizer.json"))
-    tiny_encoder(family).base_model.save_pretrained(directory)
+    tiny_encoder(family, **config_changes).base_model.save_pretrained(directory)
     return directory
 
 

@@ -53,10 +53,12 @@ def save_tiny(family: str, path, seed: int = 0, **save_kwargs):
     return model
 
 
-def tiny_encoder(family: str, path=None, seed: int = 0, num_labels: int = 2):
+def tiny_encoder(family: str, path=None, seed: int = 0, num_labels: int = 2, **config_changes):
     """A random transformers *ForSequenceClassification encoder, float32, eval mode; saved to `path` if given."""
     config = ENCODER_CONFIGS[family]()
     config.num_labels = num_labels
+    for key, value in config_changes.items():
+        setattr(config, key, value)
     model = tf.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
     randomize(model, seed)
     if path is not None:
