@@ -4,6 +4,7 @@ A batch is a dict:
     input_ids       (B, T) long
     attention_mask  (B, T) long: 0 = padding, k > 0 = the k-th example of the row
     position_ids    (B, T) long: 0, 1, 2, ... restarting for each example; 0 on padding
+    token_type_ids  (B, T) long, only when the examples have token types (BERT's segments); 0 on padding
     labels          (N,) long: one per example, row by row then example by example; -1 when unlabelled
     ids             N record ids, in the order of labels
     suffix_ids      (B, T) long, shared-prefix batches only: 0 on a shared prefix (and padding), j > 0 on the
@@ -27,13 +28,15 @@ class Example:
     input_ids: list[int]
     label: int | None
     group: str | None = None  # examples of one group begin with the same tokens (None: a group of its own)
+    token_types: list[int] | None = None  # segment ids (BERT), None for families without
 
 
-def examples(records, token_ids, groups=None) -> list[Example]:
-    """Pair records with their token ids (from data.inputs.encode) and group keys (data.inputs.group_key); a list
-    of these is a Dataset."""
-    groups = [None] * len(records) if groups is None else groups
-    return [Example(r.id, ids, r.label, g) for r, ids, g in zip(records, token_ids, groups, strict=True)]
+def examples(records, token_ids, groups=None, token_types=None) -> list[Example]:
+    """Pair records with their token ids (from data.inputs.encode), group keys (data.inputs.group_key) and token
+    types (data.inputs.token_types, None for families without); a list of these is a Dataset."""
+    groups = groups or [None] * len(token_ids)
+    types = token_types or [None] * len(token_ids)
+    return [Example(r.id, ids, r.label, g, t) for r, ids, g, t in zip(records, token_ids, groups, types, strict=True)]
 
 
 Unit = tuple[list[int], list[Example]]  # a prefix and the examples that begin with it, laid out once in a row
@@ -83,19 +86,23 @@ def collate_rows(rows: list[list[Unit]], pad_id: int, padding_side: str = "right
     width = max(sum(map(unit_tokens, row)) for row in rows)
     width = bucketed(width) if bucket else width
     shared = any(prefix for row in rows for prefix, _ in row)
-    columns = {"input_ids": [], "attention_mask": [], "position_ids": []} | ({"suffix_ids": []} if shared else {})
+    typed = rows[0][0][1][0].token_types is not None
+    columns = {"input_ids": [], "attention_mask": [], "position_ids": []} | ({"suffix_ids": []} if shared else {}) \
+        | ({"token_type_ids": []} if typed else {})
     for row in rows:
         values = {name: [] for name in columns}
         suffix = 0
         for k, (prefix, members) in enumerate(row, 1):
-            spans = [(prefix, 0, 0)] + [(e.input_ids[len(prefix):], (suffix := suffix + 1), len(prefix))
-                                        for e in members]
-            for ids, j, start in spans:
+            spans = [(prefix, 0, 0, members[0])] + [(e.input_ids[len(prefix):], (suffix := suffix + 1), len(prefix), e)
+                                                    for e in members]
+            for ids, j, start, e in spans:
                 values["input_ids"] += ids
                 values["attention_mask"] += [k] * len(ids)
                 values["position_ids"] += range(start, start + len(ids))
                 if shared:
                     values["suffix_ids"] += [j] * len(ids)
+                if typed:
+                    values["token_type_ids"] += e.token_types[start:start + len(ids)]
         n_pad = width - len(values["input_ids"])
         for name, column in values.items():
             fill = [pad_id if name == "input_ids" else 0] * n_pad
@@ -137,8 +144,11 @@ def collate_packed(examples: list[Example], pad_id: int, row_tokens: int, bucket
 def collate_shared(examples: list[Example], pad_id: int, bucket: bool = False) -> dict:
     """Shared-prefix rows: each group's prefix once, then its examples' suffixes; units packed into rows of at most
     twice the longest unit (on the QC sample, batches of 16: 7% padding, where rows as long as the longest unit pad
-    19%; a row's attention spans up to twice as many keys, a few percent of a step at these lengths)."""
+    19%; a row's attention spans up to twice as many keys, a few percent of a step at these lengths). A batch in
+    which no two examples share a prefix (an encoder's, whose groups are None) is collate_padded's."""
     units = shared_units(examples)
+    if not any(prefix for prefix, _ in units):
+        return collate_padded(examples, pad_id, bucket=bucket)
     return collate_rows(pack(units, 2 * max(map(unit_tokens, units))), pad_id, bucket=bucket)
 
 

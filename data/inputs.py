@@ -6,11 +6,14 @@ first: the category path of a QC row (then the query), the query of a QI row (as
 parts are the same text (`group_key`) begin with the same tokens, the prefix data.batching computes once.
 The templates, for base (not chat) checkpoints:
 
-    qwen:   {part 1}\\n{part 2}<|im_end|>           Qwen has no BOS; pad is <|endoftext|>
-    gemma:  <bos>{part 1}\\n{part 2}<eos>           pad is <pad>
+    qwen:     {part 1}\\n{part 2}<|im_end|>           Qwen has no BOS; pad is <|endoftext|>
+    gemma:    <bos>{part 1}\\n{part 2}<eos>           pad is <pad>
+    bert:     [CLS] {part 1} [SEP] {part 2} [SEP]     token types 0 up to the first [SEP], 1 after; pad [PAD]
+    roberta:  <s> {part 1} </s></s> {part 2} </s>     (and XLM-RoBERTa) no token types; pad is <pad>
 
-Every row ends in the family's closing token, the one the classifier pools. It is never the pad token, so
-transformers' *ForSequenceClassification (which pools the last non-pad token) pools it too in our exports.
+A decoder's row ends in the family's closing token, the one its classifier pools. It is never the pad token, so
+transformers' *ForSequenceClassification (which pools the last non-pad token) pools it too in our exports. An
+encoder's classifier pools the first token ([CLS] / <s>); its rows are those of the tokenizer's own pair template.
 
 The question template (`question=True`) asks what the head answers, ending where the LM would answer:
 
@@ -29,7 +32,9 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer, processors
 
-FAMILIES = {"qwen2": "qwen", "qwen3": "qwen"} | dict.fromkeys(["gemma", "gemma2", "gemma3", "gemma3_text"], "gemma")
+from model import families
+
+ENCODER_FAMILIES = tuple(sorted({f.template for f in families.FAMILIES.values() if f.encoder}))  # first token, plain
 
 
 class LengthError(ValueError):
@@ -39,22 +44,24 @@ class LengthError(ValueError):
 @dataclass(frozen=True)
 class Template:
     bos: str | None
-    separator: str
+    separator: str  # text between the parts (decoders)
     close: str
     pad: str
+    middle: tuple[str, ...] = ()  # special tokens between the parts (encoders)
+    token_types: bool = False  # segment ids: 0 up to the first middle token, 1 after (BERT)
 
 
 TEMPLATES = {
     "qwen": Template(bos=None, separator="\n", close="<|im_end|>", pad="<|endoftext|>"),
     "gemma": Template(bos="<bos>", separator="\n", close="<eos>", pad="<pad>"),
+    "bert": Template(bos="[CLS]", separator="", close="[SEP]", pad="[PAD]", middle=("[SEP]",), token_types=True),
+    "roberta": Template(bos="<s>", separator="", close="</s>", pad="<pad>", middle=("</s>", "</s>")),
 }
 
 
 def model_family(model_type: str) -> str:
-    """"qwen" or "gemma" for a Hugging Face config's model_type."""
-    if model_type not in FAMILIES:
-        raise ValueError(f"unsupported model_type {model_type!r}, expected one of {sorted(FAMILIES)}")
-    return FAMILIES[model_type]
+    """The template family ("qwen", "gemma", "bert", "roberta") of a Hugging Face config's model_type."""
+    return families.family(model_type).template
 
 
 def template(family: str) -> Template:
@@ -75,8 +82,16 @@ def pad_token_id(tokenizer: Tokenizer, family: str) -> int:
 
 
 def close_token_id(tokenizer: Tokenizer, family: str) -> int:
-    """The token that ends every row: the classifier pools its hidden state."""
+    """The token that ends every row (a decoder's classifier pools its hidden state)."""
     return token_id(tokenizer, template(family).close)
+
+
+def token_types(family: str, rows: list[list[int]]) -> list[list[int]] | None:
+    """Segment ids of encode's rows where the family has them (BERT: 0 for [CLS] part 1 [SEP], 1 for part 2 [SEP],
+    split after the first [SEP], which encode keeps out of the texts); None for the others."""
+    if not template(family).token_types:
+        return None
+    return [[0] * (row.index(row[-1]) + 1) + [1] * (len(row) - row.index(row[-1]) - 1) for row in rows]
 
 
 QUESTIONS = {  # task -> (before part 1, between the parts, after part 2)
@@ -122,28 +137,40 @@ def frame(tokenizer: Tokenizer, family: str, task: str | None = None, shared_fir
     piece = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
     prefix = [token_id(tokenizer, tpl.bos)] if tpl.bos else []
     if task is None:
-        return [prefix, [], piece(tpl.separator), [close_token_id(tokenizer, family)]]
+        middle = [token_id(tokenizer, t) for t in tpl.middle]  # an encoder's special tokens between the parts
+        return [prefix, [], piece(tpl.separator) + middle, [close_token_id(tokenizer, family)]]
     return [prefix, *(piece(text) for text in (SHARED_FIRST_QUESTIONS if shared_first else QUESTIONS)[task])]
 
 
 def encode(tokenizer: Tokenizer, family: str, records, max_length: int, translate: bool,
            question: bool = False, shared_first: bool = False) -> list[list[int]]:
     """Token ids per record, at most max_length each, each ending in close_token_id(tokenizer, family), or with
-    `question` in the question template's last token."""
+    `question` in the question template's last token (decoders only). The tokenizer's own padding, truncation and
+    post-processor are not used (a BERT tokenizer.json may pad every text to 128 tokens); an encoder's texts lose
+    any template token they contain, so that the template's are the only ones."""
+    if question and family in ENCODER_FAMILIES:
+        raise ValueError(f"the question template ends where a decoder's LM answers; a {family} encoder pools its "
+                         f"first token and takes the plain template")
+    if tokenizer.padding or tokenizer.truncation:
+        tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
     frames = {task: frame(tokenizer, family, task, shared_first) for task in QUESTIONS} if question else {}
     plain = frame(tokenizer, family)
+    specials = {i for piece in plain for i in piece} if template(family).middle else set()
     longest = max(sum(map(len, f)) for f in [plain, *frames.values()])
     if max_length - longest < 1:
         raise LengthError(f"max_length={max_length} leaves no room for text in the {family} "
                           f"{'question' if question else 'plain'} template ({longest} tokens)")
-    texts = [parts(r, translate, shared_first) for r in records]
-    firsts = tokenizer.encode_batch([first for first, _ in texts], add_special_tokens=False)
-    seconds = tokenizer.encode_batch([second for _, second in texts], add_special_tokens=False)
+    texts = lambda strings: [[i for i in e.ids if i not in specials]  # noqa: E731
+                             for e in tokenizer.encode_batch(strings, add_special_tokens=False)]
+    pairs = [parts(r, translate, shared_first) for r in records]
+    firsts, seconds = texts([first for first, _ in pairs]), texts([second for _, second in pairs])
     rows = []
     for r, a, b in zip(records, firsts, seconds):
         prefix, lead, middle, tail = frames[r.task] if question else plain
         budget = max_length - len(prefix) - len(lead) - len(middle) - len(tail)
-        a, b = a.ids[:budget], b.ids[: max(budget - len(a.ids), 0)]
+        a, b = a[:budget], b[: max(budget - len(a), 0)]
         rows.append(prefix + lead + a + middle + b + tail)
     return rows
 

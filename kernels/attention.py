@@ -19,6 +19,8 @@ positions (a suffix continues its prefix's positions), so every suffix sees what
 | tanh soft-capping (Gemma2)                              | FlexAttention (score_mod) | eager, boolean mask   |
 | with a KV cache (generation)                            | SDPA / eager, boolean mask | same                 |
 
+Encoders (bidirectional, one example per row): SDPA with no mask, or `padding_mask`'s key mask.
+
 (*) exact on real tokens; padding queries then attend to the real tokens before them (outputs never used).
 FlexAttention has no backward on CPU, so it is only chosen for CUDA tensors (it runs forward on CPU for tests).
 """
@@ -29,16 +31,17 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 
-def attention(q, k, v, mask, scale: float, softcap: float | None = None):
-    """mask: None (causal), a BlockMask, or a boolean (B, 1, T, S') mask with S' >= S (its last S keys are k's)."""
+def attention(q, k, v, mask, scale: float, softcap: float | None = None, causal: bool = True, dropout: float = 0.0):
+    """mask: None (causal; with causal=False, every key), a BlockMask, or a boolean (B, 1, T, S') mask with S' >= S
+    (its last S keys are k's). `dropout` drops attention probabilities (the encoders' training; SDPA paths only)."""
     if isinstance(mask, BlockMask):
         return flex(q, k, v, mask, scale, softcap)
     if mask is not None:
         mask = mask[..., -k.shape[2]:]
     if softcap is not None:
         return eager_attention(q, k, v, mask, scale, softcap)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
-                                          enable_gqa=k.shape[1] != q.shape[1])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and mask is None,
+                                          scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def example_mask(ids, window: int | None = None, num_queries: int | None = None, softcap: float | None = None,
@@ -53,6 +56,13 @@ def example_mask(ids, window: int | None = None, num_queries: int | None = None,
         return None
     return block_mask(ids, window, suffix, positions) if ids.is_cuda else \
         dense_mask(ids, window, T, suffix, positions)
+
+
+def padding_mask(ids):
+    """The bidirectional (encoder) mask for `attention(..., causal=False)`: None when no row is padded, otherwise a
+    boolean (B, 1, 1, S) key mask, True on real tokens (a padding query attends to the real keys; never used)."""
+    real = ids != 0
+    return None if bool(real.all()) else real[:, None, None]
 
 
 def one_example_per_row(ids) -> bool:

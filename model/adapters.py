@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from model.classifier import SequenceClassifier, load_classifier
+from model.classifier import EncoderClassifier, SequenceClassifier, load_classifier
 from model.loading import CheckpointError, mapped_tensors, read_json, save_tensors
 from model.lora import add_lora, lora_layers
 
@@ -40,7 +40,7 @@ def save_adapters(classifier, directory, **meta) -> None:
     state = trainable_state(classifier)
     if dist.is_initialized() and dist.get_rank() != 0:
         return
-    info = dict(model_type=classifier.model.config.model_type, num_labels=classifier.score.out_features,
+    info = dict(model_type=classifier.model.config.model_type, num_labels=classifier.num_labels,
                 **lora_settings(classifier), **meta)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -89,8 +89,9 @@ def load_adapters(classifier, directory) -> dict:
 
 
 def build_classifier(base, r: int, alpha: float, dropout: float, targets, dtype=torch.float32, device="cpu",
-                     num_labels: int = 2, adapters=None) -> SequenceClassifier:
-    """The pretrained decoder of `base` (frozen, in `dtype`) + LoRA on `targets` + a head (float32, trainable);
+                     num_labels: int = 2, adapters=None) -> SequenceClassifier | EncoderClassifier:
+    """The pretrained decoder or encoder of `base` (frozen, in `dtype`) + LoRA on `targets` + a head (float32,
+    trainable);
     with `adapters` (a save_adapters directory), their LoRA and head weights."""
     classifier = load_classifier(base, num_labels=num_labels, dtype=dtype, device=device)
     add_lora(classifier, r, alpha, dropout, tuple(targets))

@@ -1,6 +1,6 @@
-"""One config dataclass for every supported decoder family, and its parsing from Hugging Face config.json.
+"""One config dataclass for every supported family, and its parsing from Hugging Face config.json.
 
-Family differences are fields, not subclasses:
+Family differences are fields, not subclasses. The decoders:
 
 | field                 | Qwen2 | Qwen3 | Gemma | Gemma2 | Gemma3 |
 |-----------------------|-------|-------|-------|--------|--------|
@@ -12,10 +12,17 @@ Family differences are fields, not subclasses:
 | attn / final softcap  |       |       |       | yes    |        |
 | sliding layers        | opt.  | opt.  |       | 1 of 2 | 5 of 6 |
 | local RoPE theta      |       |       |       |        | yes    |
+
+The BERT-style encoders (`encoder`: bidirectional, post-norm LayerNorm with bias, GELU, learned absolute positions,
+model/encoder.py) use the shared shape fields and these: `layer_norm_eps`, `max_position_embeddings`,
+`type_vocab_size` (2 for BERT: segment A / B; 1 for RoBERTa), `position_offset` (RoBERTa and XLM-RoBERTa number
+positions from pad_token_id + 1), and the dropout probabilities of config.json.
 """
 from dataclasses import dataclass, field
 
-FAMILIES = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+from model.families import FAMILIES
+
+ENCODERS = tuple(model_type for model_type, f in FAMILIES.items() if f.encoder)
 
 
 @dataclass
@@ -29,7 +36,7 @@ class ModelConfig:
     num_kv_heads: int = 2
     head_dim: int = 16
     rms_norm_eps: float = 1e-6
-    hidden_act: str = "silu"  # "silu" or "gelu_pytorch_tanh"
+    hidden_act: str = "silu"  # "silu" or "gelu_pytorch_tanh"; encoders "gelu" (exact, erf)
     tie_word_embeddings: bool = True
     qkv_bias: bool = False  # bias on the q/k/v projections (always on Qwen2)
     o_bias: bool = False  # bias on the output projection
@@ -46,6 +53,14 @@ class ModelConfig:
     rope_scale: float = 1.0  # linear RoPE scaling: positions are divided by this
     rope_local_theta: float | None = None  # Gemma3: RoPE base of sliding layers (which are never scaled)
     pad_token_id: int | None = None
+    encoder: bool = False  # a BERT-style encoder (model/encoder.py); the fields below are its own
+    layer_norm_eps: float = 1e-12
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 0
+    position_offset: int = 0  # RoBERTa: positions start at pad_token_id + 1
+    hidden_dropout: float = 0.0  # after embeddings, attention output and MLP output (and before the head)
+    attention_dropout: float = 0.0  # on the attention probabilities
+    classifier_dropout: float = 0.0  # before the classification head
     hf: dict = field(default_factory=dict, repr=False)  # the text-level HF config this was parsed from
 
     def __post_init__(self):
@@ -58,7 +73,7 @@ class ModelConfig:
             raise ValueError("sliding_attention layers need a sliding_window")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
-        if self.hidden_act not in ("silu", "gelu_pytorch_tanh"):
+        if self.hidden_act not in (("gelu",) if self.encoder else ("silu", "gelu_pytorch_tanh")):
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r}")
 
     @classmethod
@@ -73,6 +88,8 @@ class ModelConfig:
         def get(key, default=None):
             return hf[key] if hf.get(key) is not None else default
 
+        if model_type in ENCODERS:
+            return encoder_config(cls, hf, get)
         gemma = model_type.startswith("gemma")
         hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
         layers = hf["num_hidden_layers"]
@@ -108,6 +125,25 @@ class ModelConfig:
             pad_token_id=get("pad_token_id"),
             hf=hf,
         )
+
+
+def encoder_config(cls, hf: dict, get) -> "ModelConfig":
+    """A BERT / RoBERTa / XLM-RoBERTa config.json (BertConfig's defaults where a key is absent)."""
+    model_type, heads = hf["model_type"], hf["num_attention_heads"]
+    if get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"unsupported position_embedding_type {hf['position_embedding_type']!r} (supported: absolute)")
+    pad = get("pad_token_id", 0 if model_type == "bert" else 1)
+    return cls(
+        model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"], num_heads=heads,
+        num_kv_heads=heads, head_dim=hf["hidden_size"] // heads, hidden_act=get("hidden_act", "gelu"),
+        tie_word_embeddings=False, qkv_bias=True, o_bias=True, pad_token_id=pad, encoder=True,
+        layer_norm_eps=get("layer_norm_eps", 1e-12), max_position_embeddings=get("max_position_embeddings", 512),
+        type_vocab_size=get("type_vocab_size", 2), position_offset=0 if model_type == "bert" else pad + 1,
+        hidden_dropout=get("hidden_dropout_prob", 0.1), attention_dropout=get("attention_probs_dropout_prob", 0.1),
+        classifier_dropout=get("classifier_dropout", get("hidden_dropout_prob", 0.1)),
+        hf=hf,
+    )
 
 
 def layer_types(hf: dict, model_type: str, layers: int) -> list[str]:

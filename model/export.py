@@ -7,18 +7,10 @@ from pathlib import Path
 import torch
 
 from model.adapters import lora_settings, trainable_state
-from model.classifier import SequenceClassifier
+from model.classifier import EncoderClassifier, SequenceClassifier
+from model.families import family
 from model.loading import save_tensors
 from model.lora import merged_tensors
-
-# model_type -> transformers classes (causal LM, sequence classification) named in config.json's "architectures".
-ARCHITECTURES = {
-    "qwen2": ("Qwen2ForCausalLM", "Qwen2ForSequenceClassification"),
-    "qwen3": ("Qwen3ForCausalLM", "Qwen3ForSequenceClassification"),
-    "gemma": ("GemmaForCausalLM", "GemmaForSequenceClassification"),
-    "gemma2": ("Gemma2ForCausalLM", "Gemma2ForSequenceClassification"),
-    "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification"),
-}
 
 
 def shards(tensors, max_bytes: int):
@@ -37,22 +29,23 @@ def shards(tensors, max_bytes: int):
 @torch.no_grad()
 def export_merged(module, directory, max_shard_bytes: int = 5 * 10**9, pad_token_id: int | None = None,
                   dtype: torch.dtype | None = None, labels=None) -> None:
-    """Write `module` (a SequenceClassifier or a Decoder, with or without LoRA) as a Hugging Face checkpoint in
-    `dtype` (default: the decoder's), LoRA merged. The module is not modified; run it on one process (not
-    FSDP-sharded). A classifier's labels (default LABEL_0, LABEL_1, ...) name its classes in id2label.
+    """Write `module` (a SequenceClassifier, an EncoderClassifier or a Decoder, with or without LoRA) as a Hugging
+    Face checkpoint in `dtype` (default: the base model's), LoRA merged. The module is not modified; run it on one
+    process (not FSDP-sharded). A classifier's labels (default LABEL_0, LABEL_1, ...) name its classes in id2label.
+    An EncoderClassifier's names are already transformers' (`bert.`, `classifier.`).
 
     pad_token_id, if given, goes into config.json: transformers' *ForSequenceClassification needs one for batches
     and pools the last token that is not it (many base configs, Qwen2.5's among them, have none)."""
-    classifier = isinstance(module, SequenceClassifier)
+    classifier = isinstance(module, SequenceClassifier | EncoderClassifier)
     decoder = module.model if classifier else module
-    dtype = dtype or decoder.embed_tokens.weight.dtype
-    config = {**decoder.config.hf, "architectures": [ARCHITECTURES[decoder.config.model_type][classifier]],
+    dtype = dtype or next(decoder.parameters()).dtype  # the token embeddings
+    config = {**decoder.config.hf, "architectures": [family(decoder.config.model_type).architectures[classifier]],
               "dtype": str(dtype).removeprefix("torch.")}
     config.pop("torch_dtype", None)
     if pad_token_id is not None:
         config["pad_token_id"] = pad_token_id
     if classifier:
-        labels = labels or [f"LABEL_{i}" for i in range(module.score.out_features)]
+        labels = labels or [f"LABEL_{i}" for i in range(module.num_labels)]
         config.update(id2label={str(i): label for i, label in enumerate(labels)},
                       label2id={label: i for i, label in enumerate(labels)})
     named = merged_tensors(module)
@@ -85,13 +78,13 @@ def peft_name(name: str) -> str:
 
 
 def export_peft(classifier, directory, base_model_name_or_path: str) -> None:
-    """Write a PEFT LoRA adapter (task SEQ_CLS, `score` in modules_to_save) loadable with
+    """Write a PEFT LoRA adapter (task SEQ_CLS, the head, `score` or `classifier`, in modules_to_save) loadable with
     PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=...), directory)."""
     lora = lora_settings(classifier)
     config = dict(peft_type="LORA", task_type="SEQ_CLS", base_model_name_or_path=str(base_model_name_or_path),
                   r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["targets"],
-                  modules_to_save=["score"], bias="none", fan_in_fan_out=False, use_rslora=False, use_dora=False,
-                  init_lora_weights=True, inference_mode=True)
+                  modules_to_save=[classifier.head], bias="none", fan_in_fan_out=False, use_rslora=False,
+                  use_dora=False, init_lora_weights=True, inference_mode=True)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {peft_name(name): t for name, t in trainable_state(classifier).items()}

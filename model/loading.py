@@ -177,9 +177,11 @@ def mapped_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def load_safetensors(module: torch.nn.Module, files: list[Path], strip: str = "model.", optional=()) -> None:
-    """Put every checkpoint tensor into `module`'s parameters, by canonical name minus `strip`: on CPU in the same
-    dtype the parameter becomes a view of the file's memory map, otherwise it is copied (and cast).
+def load_safetensors(module: torch.nn.Module, files: list[Path], strip: str = "model.", optional=(),
+                     rename=canonical_name) -> set[str]:
+    """Put every checkpoint tensor into `module`'s parameters, by `rename(key)` (None: ignored) minus `strip`: on CPU
+    in the same dtype the parameter becomes a view of the file's memory map, otherwise it is copied (and cast).
+    Returns the names of the parameters loaded.
 
     Fails, naming the tensor and file, on an unexpected tensor or a shape mismatch, and on a parameter the
     checkpoint lacks (except those in `optional`). A tied LM head stored in the checkpoint is skipped.
@@ -188,7 +190,7 @@ def load_safetensors(module: torch.nn.Module, files: list[Path], strip: str = "m
     loaded = set()
     for file in files:
         for key, tensor in mapped_tensors(file).items():
-            name = canonical_name(key)
+            name = rename(key)
             if name is None:
                 continue
             name = name.removeprefix(strip)
@@ -208,12 +210,16 @@ def load_safetensors(module: torch.nn.Module, files: list[Path], strip: str = "m
     missing = sorted(set(params) - loaded - set(optional))
     if missing:
         raise CheckpointError(f"{files[0].parent}: checkpoint lacks {len(missing)} tensor(s), first {missing[0]!r}")
+    return loaded
 
 
 def load_pretrained(path_or_id, dtype=torch.float32, device="cpu") -> Decoder:
     """The decoder of a Hugging Face checkpoint (local directory or hub id), in `dtype` on `device`."""
     directory = resolve(path_or_id)
     config = read_config(directory)
+    if config.encoder:
+        raise CheckpointError(f"{directory}: a {config.model_type} encoder has no decoder to load: load it as a "
+                              f"classifier (model.load_classifier)")
     files = safetensors_files(directory)
     with torch.device("meta"):
         model = Decoder(config).to(dtype)

@@ -65,25 +65,39 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
+ENCODER_TARGETS = ("query", "key", "value", "dense")  # BERT-style encoders: attention, its output, the MLP, pooler
+
+
+class LoRATargetError(ValueError):
+    """A LoRA target that names no linear layer of the model."""
+
+
 def add_lora(module: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 0.0,
-             targets=DEFAULT_TARGETS, modules_to_save=("score",)) -> int:
+             targets=DEFAULT_TARGETS, modules_to_save=None) -> int:
     """Wrap every nn.Linear whose last name component is in `targets` in a LoRALinear, in place.
 
-    Freezes all other parameters except those of child modules named in `modules_to_save` (PEFT's
-    name for fully trained modules, e.g. the classifier head). Returns the number of trainable parameters.
+    Freezes all other parameters except those of child modules named in `modules_to_save` (PEFT's name for fully
+    trained modules; default: the classifier's `head`, "score" or "classifier"), whose layers get no LoRA.
+    Returns the number of trainable parameters.
     """
+    modules_to_save = modules_to_save or (getattr(module, "head", "score"),)
     module.requires_grad_(False)
-    found = set()
+    found, linear, saved = set(), set(), ()
     for name, child in list(module.named_modules()):
         last = name.rpartition(".")[2]
-        if last in targets and isinstance(child, nn.Linear):
-            parent = module.get_submodule(name.rpartition(".")[0])
-            setattr(parent, last, LoRALinear(child, r, alpha, dropout))
-            found.add(last)
-        elif last in modules_to_save:
+        if name.startswith(saved):
+            continue
+        if last in modules_to_save:
             child.requires_grad_(True)
+            saved += (f"{name}.",)
+        elif isinstance(child, nn.Linear):
+            linear.add(last)
+            if last in targets:
+                setattr(module.get_submodule(name.rpartition(".")[0]), last, LoRALinear(child, r, alpha, dropout))
+                found.add(last)
     if missing := set(targets) - found:
-        raise ValueError(f"add_lora: no nn.Linear named {sorted(missing)} in {type(module).__name__}")
+        raise LoRATargetError(f"no linear layer named {', '.join(sorted(missing))} in {type(module).__name__} "
+                              f"(its linear layers: {', '.join(sorted(linear))})")
     log.info("LoRA r=%d alpha=%g on %s: %s", r, alpha, ",".join(targets), parameter_summary(module))
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 

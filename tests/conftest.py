@@ -1,5 +1,6 @@
-"""Test set-up: Triton in interpreter mode without a GPU, the path to ../shared (skipped on a fresh clone), and a
-trained two-fold recipe shared by the tests of what uses one (scoring, exporting)."""
+"""Test set-up: Triton in interpreter mode without a GPU, the paths to ../shared and to the real MiniLM checkpoint
+(tests needing them skip, saying why, on a fresh clone), and a trained two-fold recipe shared by the tests of
+what uses one (scoring, exporting)."""
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ if not torch.cuda.is_available():  # Triton kernels run in Triton's interpreter 
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton, hence here
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The real all-MiniLM-L6-v2 (README, "Encoders": two commands fetch it from PyPI); .ci/run fetches it.
+MINILM = Path(os.environ.get("MINILM_DIR") or Path(__file__).resolve().parents[1] / "checkpoints" / "all-MiniLM-L6-v2")
 
 
 @pytest.fixture
@@ -39,3 +42,12 @@ def trained_recipe(tmp_path_factory):
     build_model(tmp / "model")
     assert main([str(tmp / "recipe.yaml")]) == 0
     return tmp / "run"
+
+
+@pytest.fixture
+def minilm():
+    """The real all-MiniLM-L6-v2 checkpoint directory ($MINILM_DIR or checkpoints/all-MiniLM-L6-v2)."""
+    if not (MINILM / "model.safetensors").is_file():
+        pytest.skip(f"{MINILM} not found: fetch all-MiniLM-L6-v2 as the README's 'Encoders' section says, or set "
+                    f"MINILM_DIR")
+    return MINILM

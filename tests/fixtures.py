@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
-from data.inputs import QUESTIONS, TEMPLATES
+from data.inputs import ENCODER_FAMILIES, QUESTIONS, TEMPLATES
 from model import Decoder, ModelConfig
 from train.config import RunConfig
 
@@ -75,13 +75,28 @@ def family_tokenizer(family: str, vocab_size: int = 400) -> Tokenizer:
 def make_checkpoint(directory: Path) -> Path:
     """A random tiny Qwen3 checkpoint in Hugging Face layout, with a word-level tokenizer.json."""
     directory.mkdir(parents=True, exist_ok=True)
-    specials = sorted({t for tpl in TEMPLATES.values() for t in (tpl.bos, tpl.close, tpl.pad) if t})
+    specials = sorted({t for name, tpl in TEMPLATES.items() if name not in ENCODER_FAMILIES
+                       for t in (tpl.bos, tpl.close, tpl.pad) if t})
     vocab = [*specials, "[UNK]", "-", "no", "yes", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
     word_tokenizer(vocab).save(str(directory / "tokenizer.json"))
     torch.manual_seed(0)
     decoder = Decoder(ModelConfig.from_hf(HF_CONFIG))
     save_file({f"model.{k}": v.contiguous() for k, v in decoder.state_dict().items()}, directory / "model.safetensors")
     (directory / "config.json").write_text(json.dumps(HF_CONFIG))
+    return directory
+
+
+def make_encoder_checkpoint(directory: Path, family: str = "bert", **config_changes) -> Path:
+    """A random tiny BERT-style checkpoint (transformers' bare encoder, no head; config.json fields changed as
+    given) with a word-level tokenizer.json that has the encoder templates' special tokens."""
+    from hf_tiny import tiny_encoder
+
+    specials = sorted({t for name in ENCODER_FAMILIES for tpl in [TEMPLATES[name]] for t in (tpl.bos, tpl.close,
+                                                                                             tpl.pad)})
+    vocab = [*specials, "[UNK]", "-", *WORDS, *TOPICS, *(w for ws in TOPICS.values() for w in ws)]
+    directory.mkdir(parents=True, exist_ok=True)
+    word_tokenizer(vocab).save(str(directory / "tokenizer.json"))
+    tiny_encoder(family, **config_changes).base_model.save_pretrained(directory)
     return directory
 
 

@@ -26,6 +26,15 @@ CONFIGS = {
                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
 }
 FAMILIES = list(CONFIGS)
+# The encoders: RoBERTa's real pad id (1, so positions start at 2), BERT's two token types.
+ENCODER_COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_attention_heads=4, num_hidden_layers=2,
+                      max_position_embeddings=40)
+ENCODER_CONFIGS = {
+    "bert": lambda: tf.BertConfig(**ENCODER_COMMON, type_vocab_size=2, pad_token_id=0),
+    "roberta": lambda: tf.RobertaConfig(**ENCODER_COMMON, type_vocab_size=1, pad_token_id=1),
+    "xlm-roberta": lambda: tf.XLMRobertaConfig(**ENCODER_COMMON, type_vocab_size=1, pad_token_id=1),
+}
+ENCODERS = list(ENCODER_CONFIGS)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> None:
@@ -67,9 +76,22 @@ def save_tiny_with_tokenizer(model_type: str, path) -> Path:
     return path
 
 
-def padded_batch(padding: str, length: int = 11, seed: int = 0):
+def tiny_encoder(family: str, path=None, seed: int = 0, num_labels: int = 2, **config_changes):
+    """A random transformers *ForSequenceClassification encoder, float32, eval mode; saved to `path` if given."""
+    config = ENCODER_CONFIGS[family]()
+    config.num_labels = num_labels
+    for key, value in config_changes.items():
+        setattr(config, key, value)
+    model = tf.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
+    randomize(model, seed)
+    if path is not None:
+        model.save_pretrained(path)
+    return model
+
+
+def padded_batch(padding: str, length: int = 11, seed: int = 0, pad: int = 0):
     """Token ids (3, length) and a 0/1 mask: full rows ("none"), or rows of length, 7 and 3 real tokens padded
-    on the "right" or "left"; padding positions hold id 0 (the tiny models' pad_token_id)."""
+    on the "right" or "left"; padding positions hold id `pad` (the tiny models' pad_token_id), real ones never."""
     ids = torch.randint(1, 97, (3, length), generator=torch.Generator().manual_seed(seed))
     mask = torch.ones(3, length, dtype=torch.long)
     if padding != "none":
@@ -78,4 +100,5 @@ def padded_batch(padding: str, length: int = 11, seed: int = 0):
                 mask[row, n:] = 0
             else:
                 mask[row, : length - n] = 0
-    return ids * mask, mask
+    ids[ids == pad] = pad + 1
+    return torch.where(mask.bool(), ids, pad), mask

@@ -8,7 +8,7 @@ from data.records import Record
 from model import Decoder, ModelConfig
 from train.commands.benchmark import CONFIGS, MEGABATCH, batches, prepare, shared_examples, table
 
-from fixtures import HF_CONFIG, make_checkpoint
+from fixtures import HF_CONFIG, make_checkpoint, make_encoder_checkpoint
 
 
 def test_configurations_see_the_same_examples_in_warmup_and_in_timed_steps():
@@ -64,7 +64,21 @@ def test_a_real_checkpoint_brings_its_own_tokenizer_and_parameter_count(shared, 
     assert params == non_embedding + HF_CONFIG["vocab_size"] * HF_CONFIG["hidden_size"]  # tied embeddings
     examples = json.loads((tmp_path / "examples.json").read_text())["examples"]
     vocab = Tokenizer.from_file(str(model / "tokenizer.json")).get_vocab_size()
-    assert len(examples) == MEGABATCH * 4 and all(max(ids) < vocab for _, ids, _ in examples)
+    assert len(examples) == MEGABATCH * 4 and all(max(ids) < vocab and types is None for _, ids, _, _, types in
+                                                  examples)
+
+
+def test_an_encoder_checkpoint_brings_its_token_types_to_both_sides(shared, tmp_path):
+    model = make_encoder_checkpoint(tmp_path / "bert")
+    prepare(argparse.Namespace(model=model, shared=shared, max_length=128, batch_size=4, warmup=1, steps=2), tmp_path)
+    spec = json.loads((tmp_path / "examples.json").read_text())
+    assert all(len(types) == len(ids) and types[0] == 0 and types[-1] == 1 for _, ids, _, _, types in spec["examples"])
+    assert spec["shared_train"] == [] and spec["shared_inference"] == []  # an encoder attends both ways: no sharing
+    args = argparse.Namespace(batch_size=4, warmup=1, steps=2, max_length=128)
+    for config in [c for c in CONFIGS.values() if not c.inference and c.layout != "shared"][:3]:
+        for batch in batches(config, spec["examples"], spec["pad"], args):
+            assert batch["token_type_ids"].shape == batch["input_ids"].shape
+            assert ((batch["token_type_ids"] == 1) <= (batch["attention_mask"] == 1)).all()  # 0 on padding
 
 
 def test_ratios_are_against_transformers_in_its_faster_precision():

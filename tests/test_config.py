@@ -43,7 +43,8 @@ def test_overrides_are_parsed_to_the_field_type(config_file):
     ("train.schedule=step", "train.schedule: 'step' is not one of constant, linear, cosine"),
     ("train.bf16=maybe", "train.bf16: .maybe. is not one of auto or expected true or false"),
     ("train", "not of the form key.sub=value"),
-    ("lora.targets=q_porj,v_proj", "lora.targets: 'q_porj' is no linear layer of the decoder; did you mean 'q_proj'?"),
+    ("lora.targets=q_porj,v_proj", "lora.targets: 'q_porj' is no linear layer of a decoder or an encoder; did you "
+                                   "mean 'q_proj'?"),
     ("lora.targets=[]", "lora.targets: empty, LoRA needs at least one of q_proj"),
     ("lora.targets=q_proj,q_proj", "lora.targets: a layer is listed more than once"),
     ("data.task=qc", "data.task: 'qc' is not one of , QC, QI"),

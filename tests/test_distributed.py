@@ -13,10 +13,11 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from model.lora import ENCODER_TARGETS
 from train.distributed import cpu_flags, use_bf16
 from train.loop import train
 
-from fixtures import SGD_ATOL, SGD_LR, free_port, sgd, tiny_config
+from fixtures import SGD_ATOL, SGD_LR, free_port, make_encoder_checkpoint, sgd, tiny_config
 
 
 def worker(rank, world_size, ports, configs):
@@ -83,6 +84,26 @@ def test_two_ranks_match_one_rank_and_accumulation(tmp_path, monkeypatch):
     valid = [r for r in evals if r["split"] == "valid"][-1]
     assert valid["f1"] == pytest.approx(one.metrics["f1"]) and valid["auc"] == pytest.approx(one.metrics["auc"],
                                                                                           abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_an_encoder_on_two_ranks_matches_one_rank(tmp_path, monkeypatch):
+    """FSDP2 wraps the encoder's blocks as it wraps a decoder's (dropout off: each rank draws its own masks)."""
+    monkeypatch.setattr(torch.optim, "AdamW", sgd)  # as the workers do: compared after SGD steps
+    common = dict(epochs=1, clip=0.5, save_every=2, lr=SGD_LR)
+    model = make_encoder_checkpoint(tmp_path / "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    runs = [tiny_config(tmp_path, name, batch_size=size, **common) for name, size in (("ranks2", 4), ("rank1", 8))]
+    for cfg in runs:
+        cfg.model.path, cfg.lora.targets = str(model), list(ENCODER_TARGETS)
+    mp.spawn(worker, args=(2, [free_port()], runs[:1]), nprocs=2)
+    torch.set_num_threads(1)
+    train(runs[1])
+    got, want = weights(runs[0]), weights(runs[1])
+    assert got.keys() == want.keys() and any(k.startswith("bert.encoder.layer.1.") for k in got)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=SGD_ATOL, rtol=0, msg=k)
+    assert all(want[k].abs().max() > 1e-3 for k in want if k.endswith("lora_B"))
 
 
 @pytest.mark.parametrize("capability, flags, native", [

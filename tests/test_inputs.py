@@ -1,4 +1,5 @@
-"""Templates, translation augmentation and truncation with the real Qwen3 and Gemma-3 tokenizers."""
+"""Templates, translation augmentation and truncation with the real Qwen3 and Gemma-3 tokenizers, and token by token
+for every family (MiniLM's real tokenizer: tests/test_encoder.py)."""
 import functools
 import json
 
@@ -15,6 +16,7 @@ from data.inputs import (
     model_family,
     pad_token_id,
     pair_processor,
+    token_types,
 )
 from data.records import Record
 
@@ -83,8 +85,9 @@ def test_wrong_tokenizer_or_family_is_an_error(shared):
 
 
 def template_tokenizer():
-    """One token per space-separated word, plus the special tokens of both templates."""
-    words = ["<pad>", "<eos>", "<bos>", "<|endoftext|>", "<|im_end|>", "[UNK]", "\n", "-", "a", "b", "c"]
+    """One token per space-separated word, plus the special tokens of every template."""
+    words = ["<pad>", "<eos>", "<bos>", "<|endoftext|>", "<|im_end|>", "[UNK]", "\n", "-", "a", "b", "c", "[CLS]",
+             "[SEP]", "[PAD]", "<s>", "</s>"]
     return word_tokenizer(words, pre_tokenizer=Sequence([Split(" ", behavior="removed"),
                                                          Split("\n", behavior="isolated")]))
 
@@ -97,6 +100,10 @@ def template_tokenizer():
         ("gemma", 8, True, "<bos> a b c - b \n <eos>"),
         ("gemma", 6, True, "<bos> a b c \n <eos>"),  # then the query
         ("qwen", 9, True, "a b c - b \n a b <|im_end|>"),
+        ("bert", 100, True, "[CLS] a b c - b [SEP] a b c a b c [SEP]"),
+        ("bert", 9, False, "[CLS] a b c [SEP] a b c [SEP]"),  # the target loses its end first
+        ("bert", 5, False, "[CLS] a b [SEP] [SEP]"),  # then the query
+        ("roberta", 10, True, "<s> a b c - b </s> </s> a </s>"),
     ],
 )
 def test_template_and_truncation_token_by_token(family, max_length, translate, expected):
@@ -106,9 +113,26 @@ def test_template_and_truncation_token_by_token(family, max_length, translate, e
     assert [tok.id_to_token(i) for i in ids] == expected.split(" ")
 
 
+def test_encoder_token_types_and_texts_without_template_tokens():
+    """BERT's segment B starts after the first [SEP]; a [SEP] typed in a text is dropped, so it cannot move that
+    boundary; a tokenizer.json that pads and truncates (MiniLM's pads to 128) is used without either."""
+    tok = template_tokenizer()
+    tok.enable_padding(pad_id=tok.token_to_id("[PAD]"), length=30)
+    tok.enable_truncation(4)
+    records = [Record("1", "QC", "en", "a [SEP] b", "c a", 1, None),
+               Record("2", "QC", "en", "c", "a b [CLS] c", 1, None)]
+    rows = encode(tok, "bert", records, 100, False)
+    assert [" ".join(tok.id_to_token(i) for i in row) for row in rows] == [
+        "[CLS] a b [SEP] c a [SEP]", "[CLS] c [SEP] a b c [SEP]"]
+    assert token_types("bert", rows) == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1]]
+    assert token_types("roberta", rows) is None and token_types("qwen", rows) is None
+    with pytest.raises(ValueError, match="a bert encoder pools its first token and takes the plain template"):
+        encode(tok, "bert", records, 100, False, question=True)
+
+
 def test_model_family():
-    types = ["qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text"]
-    assert [model_family(t) for t in types] == ["qwen"] * 2 + ["gemma"] * 4
+    types = ["qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "bert", "roberta", "xlm-roberta"]
+    assert [model_family(t) for t in types] == ["qwen"] * 2 + ["gemma"] * 4 + ["bert", "roberta", "roberta"]
     with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
         model_family("llama")
 

@@ -16,15 +16,27 @@ from torch._dynamo.utils import counters
 
 from data.batching import collate_padded
 from model.adapters import load_adapters
+from model.lora import ENCODER_TARGETS
 from train.checkpoint import latest_checkpoint
 from train.config import ConfigError, TrainSection, save_config
 from train.distributed import Dist
-from train.loop import Data, evaluate, load_data, lr_at, precision_timings, run_classifier, selection_score, train
+from train.loop import (
+    Data,
+    evaluate,
+    load_data,
+    lr_at,
+    precision_timings,
+    read_data_files,
+    run_classifier,
+    selection_score,
+    train,
+)
 from train.main import main
 from train.metrics import PER_LANGUAGE
+from train.predict import predict_fold
 from train.progress import MetricsLog, plot, text_curve
 
-from fixtures import SGD_ATOL, SGD_LR, make_qi_records, sgd, tiny_config
+from fixtures import SGD_ATOL, SGD_LR, make_encoder_checkpoint, make_qi_records, sgd, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE = Dist(rank=0, world_size=1, device=torch.device("cpu"))
@@ -492,3 +504,28 @@ def test_a_fold_outside_the_language_split_found_in_the_data_is_the_one_fold_err
     with pytest.raises(ConfigError, match=r"data.fold: fold 2 is not in \[-1, 2\): data.split languages has 2 "
                                           r"held-out language groups"):
         train(cfg)
+
+
+def test_an_encoder_trains_and_predicts_and_refuses_what_is_decoder_only(tmp_path):
+    """A tiny BERT through the same loop (folds, evaluation, best/) and prediction (train/predict.py scores the
+    validation rows as the run's evaluation did); packing, the question template, the LM-answer head and the
+    decoders' LoRA targets are config errors naming the key."""
+    cfg = tiny_config(tmp_path, epochs=2)
+    cfg.model.path = str(make_encoder_checkpoint(tmp_path / "bert"))
+    cfg.lora.targets = list(ENCODER_TARGETS)
+    result = train(cfg)
+    assert json.loads((Path(cfg.run_dir) / "best" / "adapters.json").read_text())["model_type"] == "bert"
+    assert result.metrics["auc"] > 0.5
+    records = read_data_files(cfg, "valid")
+    probs = predict_fold(cfg, records, 5, "cpu")
+    want = json.loads((Path(cfg.run_dir) / "best" / "validation.json").read_text())
+    assert want.keys() == probs.keys() and max(abs(probs[i] - want[i]) for i in want) < 1e-5
+    for override, key in ((dict(packing=True), "data.packing"), (dict(template="question"), "data.template"),
+                          (dict(share_prefix=True), "data.share_prefix")):
+        with pytest.raises(ConfigError, match=f"^{key}: .* is for decoders; .* is a bert encoder"):
+            run_classifier(replace(cfg, data=replace(cfg.data, **override)), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="^model.head_init: 'lm_answer' is for decoders"):
+        run_classifier(replace(cfg, model=replace(cfg.model, head_init="lm_answer")), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"^lora.targets: no linear layer named down_proj, q_proj in "
+                                          r"EncoderClassifier \(its linear layers: dense, key, query, value\)"):
+        run_classifier(replace(cfg, lora=replace(cfg.lora, targets=["q_proj", "down_proj"])), torch.device("cpu"))

@@ -3,9 +3,14 @@ import json
 
 import pytest
 import torch
+import transformers as tf
 
+from data.inputs import TEMPLATES, model_family
 from model import Decoder, ModelConfig
 from model.config import gemma3_text_config
+from model.families import FAMILIES
+
+from hf_tiny import CONFIGS, ENCODER_CONFIGS
 
 # Published non-embedding parameter counts (../shared/configs/SOURCES.md).
 PUBLISHED_NON_EMBEDDING = {
@@ -82,3 +87,34 @@ def test_unsupported_configs_fail_clearly(change, message):
                  num_attention_heads=4), **change}
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_hf(hf, source="some/config.json")
+
+
+def test_encoder_configs_parse_as_transformers_defines_them(minilm):
+    """MiniLM's config.json (BertModel); RoBERTa's positions start at pad + 1; BertConfig's defaults fill the rest;
+    what the encoder does not implement is refused by name."""
+    minilm_cfg = ModelConfig.from_hf(json.loads((minilm / "config.json").read_text()))
+    assert minilm_cfg.encoder and (minilm_cfg.num_layers, minilm_cfg.hidden_size, minilm_cfg.head_dim) == (6, 384, 32)
+    assert (minilm_cfg.type_vocab_size, minilm_cfg.position_offset, minilm_cfg.layer_norm_eps) == (2, 0, 1e-12)
+    assert minilm_cfg.hidden_act == "gelu" and minilm_cfg.hidden_dropout == minilm_cfg.classifier_dropout == 0.1
+    base = dict(vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2)
+    xlmr = ModelConfig.from_hf({**base, "model_type": "xlm-roberta", "pad_token_id": 1, "type_vocab_size": 1,
+                                "classifier_dropout": 0.2})
+    assert (xlmr.position_offset, xlmr.type_vocab_size, xlmr.classifier_dropout, xlmr.max_position_embeddings) == \
+        (2, 1, 0.2, 512)
+    with pytest.raises(ValueError, match="unsupported position_embedding_type 'relative_key'"):
+        ModelConfig.from_hf({**base, "model_type": "bert", "position_embedding_type": "relative_key"})
+    with pytest.raises(ValueError, match="unsupported hidden_act 'relu'"):
+        ModelConfig.from_hf({**base, "model_type": "roberta", "hidden_act": "relu"})
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_every_registered_family_round_trips(model_type):
+    """One registry entry per family: a tiny transformers config of it parses, its template exists, and the classes
+    an export names are transformers' own."""
+    entry = FAMILIES[model_type]
+    hf = (CONFIGS | ENCODER_CONFIGS)[model_type]().to_dict()
+    parsed = ModelConfig.from_hf(hf)
+    assert parsed.model_type == model_type and parsed.encoder == entry.encoder
+    assert model_family(model_type) == entry.template and entry.template in TEMPLATES
+    assert all(hasattr(tf, name) for name in entry.architectures), entry.architectures
+    assert tf.AutoConfig.for_model(model_type).model_type == model_type

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from data.batching import bucketed
-from model.lora import DEFAULT_TARGETS
+from model.lora import DEFAULT_TARGETS, ENCODER_TARGETS
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}  # model.dtype -> torch dtype
 
@@ -176,15 +176,19 @@ def _check_ranges(section, prefix: str) -> None:
 
 
 def _check_targets(lora: LoraSection, prefix: str) -> None:
-    """LoRA targets are names of the decoder's linear layers (the same in every family), each once."""
+    """LoRA targets are names of a decoder's linear layers (the same in every family) or of an encoder's, each once
+    (which the model has is checked when LoRA is added: model.lora.LoRATargetError)."""
+    known = DEFAULT_TARGETS + ENCODER_TARGETS
     if not lora.targets:
-        raise ConfigError(f"{prefix}targets: empty, LoRA needs at least one of {', '.join(DEFAULT_TARGETS)}")
+        raise ConfigError(f"{prefix}targets: empty, LoRA needs at least one of {', '.join(DEFAULT_TARGETS)} "
+                          f"(decoders) or {', '.join(ENCODER_TARGETS)} (encoders)")
     for target in lora.targets:
-        if target not in DEFAULT_TARGETS:
-            close = difflib.get_close_matches(target, DEFAULT_TARGETS, n=1)
+        if target not in known:
+            close = difflib.get_close_matches(target, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"{prefix}targets: {target!r} is no linear layer of the decoder; {hint}choose from "
-                              f"{', '.join(DEFAULT_TARGETS)}")
+            raise ConfigError(f"{prefix}targets: {target!r} is no linear layer of a decoder or an encoder; {hint}"
+                              f"choose from {', '.join(DEFAULT_TARGETS)} (decoders) or {', '.join(ENCODER_TARGETS)} "
+                              f"(encoders)")
     if len(set(lora.targets)) < len(lora.targets):
         raise ConfigError(f"{prefix}targets: a layer is listed more than once in {lora.targets}")
 

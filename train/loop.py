@@ -16,11 +16,22 @@ import torch.nn.functional as F
 
 from data.batching import BatchSampler, collate_packed, collate_padded, collate_shared, examples, micro_batches
 from data.folds import default_language_groups, split_rows
-from data.inputs import LengthError, answer_token_ids, encode, group_key, model_family, pad_token_id
+from data.inputs import (
+    ENCODER_FAMILIES,
+    LengthError,
+    answer_token_ids,
+    encode,
+    group_key,
+    model_family,
+    pad_token_id,
+    token_types,
+)
 from data.records import Record, read_records
 from model.adapters import WEIGHTS, build_classifier, trainable_state
 from model.classifier import batch_logits, classification_loss, lm_head_rows
-from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors
+from model.config import ModelConfig
+from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors, read_config, resolve
+from model.lora import LoRATargetError
 from train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.config import DTYPES, ConfigError, RunConfig, check_fold, save_config
 from train.distributed import (
@@ -70,8 +81,12 @@ def run_classifier(cfg: RunConfig, device: torch.device):
     """The run's classifier (model.build_classifier with the config's settings), from init_from's adapters or, with
     head_init lm_answer, with the LM's answer rows as its head."""
     c = cfg.lora
-    classifier = build_classifier(cfg.model.path, c.r, c.alpha, c.dropout, c.targets, DTYPES[cfg.model.dtype],
-                                  device, adapters=cfg.init_from or None)
+    check_model_options(cfg, read_config(resolve(cfg.model.path)))
+    try:
+        classifier = build_classifier(cfg.model.path, c.r, c.alpha, c.dropout, c.targets, DTYPES[cfg.model.dtype],
+                                      device, adapters=cfg.init_from or None)
+    except LoRATargetError as e:
+        raise ConfigError(f"lora.targets: {e}") from None
     if not cfg.init_from and cfg.model.head_init == "lm_answer":
         try:
             answers = answer_token_ids(load_tokenizer(cfg.model.path))
@@ -83,14 +98,29 @@ def run_classifier(cfg: RunConfig, device: torch.device):
 
 def encode_examples(cfg: RunConfig, tokenizer, family: str, records: list[Record]) -> list:
     """Token examples of `records` as the run's data settings make them (with translations where the records
-    have one) and grouped by the part they begin with (data.share_prefix puts the shared one first); a
-    data.max_length too short for the template is a ConfigError naming it."""
+    have one), a decoder's grouped by the part they begin with (data.share_prefix puts the shared one first), an
+    encoder's with their token types; a data.max_length too short for the template is a ConfigError naming it."""
     first = cfg.data.share_prefix
     try:
         ids = encode(tokenizer, family, records, cfg.data.max_length, True, cfg.data.template == "question", first)
     except LengthError as e:
         raise ConfigError(f"data.{e}") from None  # data.max_length=...
-    return examples(records, ids, [group_key(r, True, first) for r in records])
+    groups = None if family in ENCODER_FAMILIES else [group_key(r, True, first) for r in records]
+    return examples(records, ids, groups, token_types(family, ids))
+
+
+def check_model_options(cfg: RunConfig, model: ModelConfig) -> None:
+    """What only a decoder does: packed and shared-prefix rows (an encoder pools each row's first token and
+    attends both ways, so a prefix would see its suffixes), the question template and the LM-answer head (both
+    read the LM's answer, which an encoder has not)."""
+    if not model.encoder:
+        return
+    for key, value, asked in (("data.packing", cfg.data.packing, cfg.data.packing),
+                              ("data.share_prefix", cfg.data.share_prefix, cfg.data.share_prefix),
+                              ("data.template", cfg.data.template, cfg.data.template == "question"),
+                              ("model.head_init", cfg.model.head_init, cfg.model.head_init == "lm_answer")):
+        if asked:
+            raise ConfigError(f"{key}: {value!r} is for decoders; {cfg.model.path} is a {model.model_type} encoder")
 
 
 def read_data_files(cfg: RunConfig, key: str) -> list[Record]:

@@ -3,11 +3,12 @@
     python -m train.commands.benchmark [--model DIR | --model-shape qwen3-tiny] [--steps 40] [--repeats 2]
         [--batch-size 16] [--precisions float32 bf16] [--device cpu]
 
-One model: a real Hugging Face checkpoint (--model, with its own tokenizer) or a random-weight one of a shape,
-saved once; 50 x batch-size random examples of the QC sample (one megabatch of data.BatchSampler), max_length 128.
-Training configurations train LoRA (r 16, alpha 32, dropout 0.05, all projections) and the score head with AdamW,
+One model: a real Hugging Face checkpoint (--model, with its own tokenizer; a decoder or a BERT-style encoder) or
+a random-weight one of a shape, saved once; 50 x batch-size random examples of the QC sample (one megabatch of
+data.BatchSampler), max_length 128. Training configurations train LoRA (r 16, alpha 32, dropout 0.05, all
+projections: a decoder's q/k/v/o/gate/up/down, an encoder's query/key/value/dense) and the head with AdamW,
 clipping at 1.0, for `warmup` steps, then `steps` timed steps, all on the same examples in their warmup and in
-their timed steps:
+their timed steps (an encoder has no packed configurations; its dropout is on in training on both sides):
 
     transformers + PEFT      AutoModelForSequenceClassification (SDPA) + get_peft_model; batches in random order
                              padded to their longest row (DataCollatorWithPadding, as HF Trainer does by default)
@@ -57,10 +58,11 @@ import torch
 import torch.nn.functional as F
 
 from data.batching import BatchSampler, Example, collate_packed, collate_padded, collate_shared, group_batches
-from data.inputs import encode, group_key, model_family, pad_token_id
+from data.inputs import ENCODER_FAMILIES, encode, group_key, model_family, pad_token_id, token_types
 from data.records import read_records
+from model.families import family
 from model.loading import read_config, read_json
-from model.lora import DEFAULT_TARGETS
+from model.lora import DEFAULT_TARGETS, ENCODER_TARGETS
 from train.cli import Parser, integer, run_command
 from train.distributed import cpu_flags, native_bf16
 
@@ -101,9 +103,8 @@ CONFIGS = {c.name: c for c in [
 ]}
 PRECISIONS = ["float32", "bf16"]
 MEGABATCH = 50  # steps whose examples data.BatchSampler sorts by length together (its default)
-LORA = dict(r=16, alpha=32, dropout=0.05, targets=DEFAULT_TARGETS)
+LORA = dict(r=16, alpha=32, dropout=0.05)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
-TOKENIZERS = {"qwen3": ("qwen", "qwen3"), "gemma3_text": ("gemma", "gemma3")}  # model_type: family, folder
 
 
 def prepare(args, directory: Path):
@@ -117,7 +118,7 @@ def prepare(args, directory: Path):
         fam, tokenizer_file = model_family(model_type), args.model / "tokenizer.json"
     else:
         shape = SHAPES[args.model_shape]
-        fam, folder = TOKENIZERS[shape["model_type"]]
+        fam, folder = model_family(shape["model_type"]), family(shape["model_type"]).tokenizer
         tokenizer_file = args.shared / "tokenizers" / folder / "tokenizer.json"
     sample = args.shared / "data" / "qc_sample.jsonl"
     for path in (sample, tokenizer_file):
@@ -126,16 +127,18 @@ def prepare(args, directory: Path):
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     records = read_records(sample)
     ids = encode(tokenizer, fam, records, args.max_length, translate=False)
+    types = token_types(fam, ids)
     pad = pad_token_id(tokenizer, fam)
     order = np.random.default_rng(0).permutation(len(ids))[: MEGABATCH * args.batch_size]
-    data = [[records[i].id, ids[i], records[i].label] for i in order]
-    shared = shared_examples(records, encode(tokenizer, fam, records, args.max_length, False, shared_first=True),
-                             len(order), args)
+    data = [[records[i].id, ids[i], records[i].label, None, types[i] if types else None] for i in order]
+    shared = {"shared_train": [], "shared_inference": []} if fam in ENCODER_FAMILIES else \
+        shared_examples(records, encode(tokenizer, fam, records, args.max_length, False, shared_first=True), len(order),
+                        args)
     (directory / "examples.json").write_text(json.dumps({"pad": pad, "examples": data, **shared}))
     if args.model:
         (directory / "model").symlink_to(args.model.resolve())
         model = tf.AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
-        non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+        non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
         return sum(p.numel() for p in model.parameters()), non_embedding
     torch.manual_seed(0)
     config = tf.AutoConfig.for_model(**shape, num_labels=2, pad_token_id=pad)
@@ -196,19 +199,20 @@ def build(config: Config, directory: Path, device: str):
     """(model, forward(batch) -> logits) for a configuration, in train mode for training, eval for inference."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     inference = config.inference
+    targets = ENCODER_TARGETS if read_config(directory / "model").encoder else DEFAULT_TARGETS
+    inputs = ("input_ids", "attention_mask", "position_ids", "suffix_ids", "token_type_ids")
     if config.side == "ours":
         from model.adapters import build_classifier
         from model.lora import merge_for_inference
 
         model = build_classifier(directory / "model", LORA["r"], LORA["alpha"], 0.0 if inference else LORA["dropout"],
-                                 LORA["targets"], dtype, device)
+                                 targets, dtype, device)
         if inference:
             merge_for_inference(model)
         if config.compiled:
             for block in model.model.layers:
                 block.compile()
-        return model.train(not inference), lambda b: model(b["input_ids"], b["attention_mask"], b["position_ids"],
-                                                           b.get("suffix_ids"))
+        return model.train(not inference), lambda b: model(**{k: b[k] for k in inputs if k in b})
     import peft
     import transformers as tf
 
@@ -218,12 +222,13 @@ def build(config: Config, directory: Path, device: str):
     model = tf.AutoModelForSequenceClassification.from_pretrained(directory / "model", dtype=dtype,
                                                                   attn_implementation="sdpa").to(device)
     config = peft.LoraConfig(task_type="SEQ_CLS", r=LORA["r"], lora_alpha=LORA["alpha"],
-                             lora_dropout=LORA["dropout"], target_modules=list(LORA["targets"]))
+                             lora_dropout=LORA["dropout"], target_modules=list(targets))
     model = peft.get_peft_model(model, config)
     if inference:
         model = model.merge_and_unload()
     return model.train(not inference), lambda b: model(input_ids=b["input_ids"],
-                                                       attention_mask=b["attention_mask"].clamp(max=1)).logits
+                                                       attention_mask=b["attention_mask"].clamp(max=1),
+                                                       **{k: b[k] for k in ("token_type_ids",) if k in b}).logits
 
 
 def run_one(config: Config, precision: str, directory: Path, args) -> dict:
@@ -382,7 +387,9 @@ def _main(argv) -> None:
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="default: all but the compiled one")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run one configuration, print JSON
     args = parser.parse_args(argv)
-    args.configs = args.configs or [name for name, c in CONFIGS.items() if args.compile or not c.compiled]
+    encoder = args.model is not None and read_config(args.model).encoder
+    args.configs = args.configs or [name for name, c in CONFIGS.items() if (args.compile or not c.compiled)
+                                    and not (encoder and c.layout in ("packed", "shared"))]
     native = native_bf16()
     args.skipped_bf16 = args.precisions is None and args.device == "cpu" and not native
     args.precisions = args.precisions or (["bf16"] if args.device == "cuda" else PRECISIONS[: 1 + native])
