@@ -48,6 +48,17 @@ def clean(text: str, lowercase: bool) -> str:
     return text.lower() if lowercase else text
 
 
+def json_row(content: str, where, line: int) -> dict:
+    """One JSON-lines row as an object, or a DataError naming the file and line."""
+    try:
+        row = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise DataError(where, line, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise DataError(where, line, None, f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
 def read_rows(path) -> list[tuple[int, dict]]:
     """(line number, row) pairs of a JSON-lines or CSV file; rows are dicts of raw values."""
     path = Path(path)
@@ -73,13 +84,7 @@ def read_rows(path) -> list[tuple[int, dict]]:
         for line, content in enumerate(text.split("\n"), 1):
             if not content.strip():
                 continue
-            try:
-                row = json.loads(content)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
-            rows.append((line, row))
+            rows.append((line, json_row(content, path, line)))
     if not rows:
         raise DataError(path, 1, None, "empty file: no rows")
     return rows

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from data.records import DataError
+from data.records import DataError, json_row
 from train.cli import run_command
 from train.config import ConfigError
 from train.scoring import Scorer, row_record
@@ -31,13 +31,7 @@ def read_jsonl(stream, name):
             raise DataError(name, line, None, f"invalid UTF-8 ({e.reason})") from None
         if not content.strip():
             continue
-        try:
-            row = json.loads(content)
-        except json.JSONDecodeError as e:
-            raise DataError(name, line, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(name, line, None, f"expected a JSON object, got {type(row).__name__}")
-        yield line, row
+        yield line, json_row(content, name, line)
 
 
 def score_stream(scorer: Scorer, rows, write, name) -> int:

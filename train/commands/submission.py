@@ -7,13 +7,12 @@ SUBMISSION is submit.zip or one submit_<task>.txt. `check` requires every input 
 input's language and query, a 0/1 prediction, and a file for each task of the inputs. `compare` prints the share
 of predictions that differ, per task and language, and with labelled files (a dev set) each one's F1.
 """
-import json
 import sys
 import zipfile
 from collections import defaultdict
 from pathlib import Path
 
-from data.records import TARGET_FIELD, DataError, read_records, read_rows
+from data.records import TARGET_FIELD, DataError, json_row, read_records, read_rows
 from train.cli import Parser, run_command
 from train.metrics import classification_metrics, fmt
 
@@ -42,13 +41,7 @@ def read_submission(path) -> dict[str, list[tuple[int, dict]]]:
         rows = []
         for line, content in enumerate(text.split("\n"), 1):
             if content.strip():
-                try:
-                    row = json.loads(content)
-                except json.JSONDecodeError as e:
-                    raise DataError(where, line, None, f"malformed JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(where, line, None, f"expected a JSON object, got {type(row).__name__}")
-                rows.append((line, row))
+                rows.append((line, json_row(content, where, line)))
         out[task] = rows
     return out
 
