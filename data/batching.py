@@ -93,8 +93,10 @@ def collate_rows(rows: list[list[Unit]], pad_id: int, padding_side: str = "right
         values = {name: [] for name in columns}
         suffix = 0
         for k, (prefix, members) in enumerate(row, 1):
-            spans = [(prefix, 0, 0, members[0])] + [(e.input_ids[len(prefix):], (suffix := suffix + 1), len(prefix), e)
-                                                    for e in members]
+            spans = [(prefix, 0, 0, members[0])]  # (tokens, suffix number or 0, first position, example)
+            for e in members:
+                suffix += 1
+                spans.append((e.input_ids[len(prefix):], suffix, len(prefix), e))
             for ids, j, start, e in spans:
                 values["input_ids"] += ids
                 values["attention_mask"] += [k] * len(ids)
