@@ -103,7 +103,9 @@ def test_an_encoder_on_two_ranks_matches_one_rank(tmp_path, monkeypatch):
     assert got.keys() == want.keys() and any(k.startswith("bert.encoder.layer.1.") for k in got)
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=SGD_ATOL, rtol=0, msg=k)
-    assert all(want[k].abs().max() > 1e-3 for k in want if k.endswith("lora_B"))
+    moved = sorted(float(want[k].abs().max()) for k in want if k.endswith("lora_B"))  # B starts at zero
+    print(f"encoder lora_B moved by {moved[0]:.2e} to {moved[-1]:.2e}, median {moved[len(moved) // 2]:.2e}")
+    assert moved[len(moved) // 2] > 10 * SGD_ATOL  # most far more than the tolerance: a wrong update would show
 
 
 @pytest.mark.parametrize("capability, flags, native", [
