@@ -16,6 +16,7 @@ every example of its group, and the model pools each suffix's last token. The mo
 only within its own example (a suffix: its prefix and itself) and pool the last token of each example.
 `python -m train.commands.padding` prints the padding waste of each layout for a file.
 """
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,11 +197,11 @@ class BatchSampler:
     """Batches of example indices for one rank: shuffled per (seed, epoch), grouped by length or by shared prefix.
 
     With `groups` (a group number per example: one shared prefix), batches are drawn from groups, not rows: each
-    group's examples are shuffled and cut into chunks of at most `group_size`, the chunks are shuffled and laid
-    end to end, and consecutive examples make a batch, so a batch holds a few examples of each of several
-    prefixes (without shuffle, each group's examples are consecutive). Otherwise length grouping sorts the
-    examples of each megabatch (`megabatch` steps of all ranks) by length, so a batch holds examples of similar
-    length; without shuffle the whole epoch is sorted (evaluation). The
+    group's examples are shuffled and cut into chunks of at most `group_size`, the chunks are shuffled, and each
+    batch is filled with whole chunks (`fill`), so a batch holds a few examples of each of several prefixes and
+    computes each of them once (without shuffle, each group's examples are consecutive). Otherwise length
+    grouping sorts the examples of each megabatch (`megabatch` steps of all ranks) by length, so a batch holds
+    examples of similar length; without shuffle the whole epoch is sorted (evaluation). The
     epoch's steps are shared out so rank r takes batch r of every step: ranks get disjoint batches and
     the same number of steps. Without drop_last, up to world_size - 1 examples are repeated so that every
     rank gets as many; one step may then have smaller batches. Resume with set_epoch(epoch, start_step).
@@ -230,7 +231,8 @@ class BatchSampler:
         n, step = len(self.lengths), self.batch_size * self.world_size
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.groups is not None and n:
-            order = np.concatenate(self.chunks(order, rng)) if self.shuffle else np.argsort(self.groups, kind="stable")
+            order = np.concatenate(fill(self.chunks(order, rng), self.batch_size)) if self.shuffle else \
+                np.argsort(self.groups, kind="stable")
         elif self.group_by_length and n:
             size = step * self.megabatch if self.shuffle else n
             chunks = [order[i : i + size] for i in range(0, n, size)]
@@ -263,3 +265,27 @@ class BatchSampler:
 
     def __len__(self):
         return len(self.epoch_steps) - self.start_step
+
+
+def fill(chunks: list, size: int) -> list:
+    """The chunks in an order whose consecutive runs of `size` examples (the batches) hold whole chunks: each run
+    takes, while it has room, the earliest chunk that fits; only when none left fits is the earliest one split
+    (at the end of an epoch, or a chunk longer than `size`). A chunk laid end to end across two batches would
+    have its prefix computed in both: with batches of 16 and chunks of 8 on the QC sample, filling computes 1.88x
+    fewer tokens than the rows hold, where laying the shuffled chunks end to end computes 1.78x fewer."""
+    chunks = list(chunks)
+    queues = {}  # chunk length -> positions in `chunks`, in order
+    for j, c in enumerate(chunks):
+        queues.setdefault(len(c), deque()).append(j)
+    out, room = [], size
+    while any(queues.values()):
+        fits = [q[0] for n, q in queues.items() if q and n <= room]
+        j = min(fits) if fits else min(q[0] for q in queues.values() if q)
+        queues[len(chunks[j])].popleft()
+        piece, rest = chunks[j][:room], chunks[j][room:]
+        if len(rest):  # split: the rest stays the earliest chunk of its length
+            chunks[j] = rest
+            queues.setdefault(len(rest), deque()).appendleft(j)
+        out.append(piece)
+        room = room - len(piece) or size
+    return out

@@ -21,6 +21,7 @@ from data.batching import (
     collate_rows,
     collate_shared,
     examples,
+    fill,
     micro_batches,
     pack,
     padding_waste,
@@ -282,6 +283,28 @@ def test_group_sampler_draws_chunks_of_groups_and_covers_every_example():
     assert [i for b in sampler for i in b] != order  # reshuffled each epoch
     evaluation = [i for b in BatchSampler([5] * len(groups), 6, shuffle=False, groups=groups) for i in b]
     assert [groups[i] for i in evaluation] == sorted(groups)  # without shuffle: each group's examples together
+
+
+def test_fill_makes_batches_of_whole_chunks():
+    chunks = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9], [10], [11, 12], [13, 14, 15, 16, 17, 18, 19]]
+    out = fill([np.array(c) for c in chunks], 5)
+    flat = np.concatenate(out).tolist()
+    assert sorted(flat) == list(range(20))  # every example once
+    batches = [flat[i:i + 5] for i in range(0, 20, 5)]
+    assert batches[:2] == [[0, 1, 2, 3, 10], [4, 5, 6, 11, 12]]  # earliest chunk that fits the room left
+    assert batches[2:] == [[7, 8, 9, 13, 14], [15, 16, 17, 18, 19]]  # none fits: the earliest is split
+    assert [len(c) for c in out] == [4, 1, 3, 2, 3, 2, 5]  # the split chunk's rest fills the next batch whole
+
+
+def test_group_sampler_batches_hold_whole_chunks():
+    sizes = np.random.default_rng(0).geometric(0.4, 150)  # many small groups, as category paths are
+    groups = [g for g, n in enumerate(sizes) for _ in range(n)]
+    sampler = BatchSampler([5] * len(groups), 16, seed=3, groups=groups, group_size=4, drop_last=True)
+    rng = np.random.default_rng([3, 0])  # the epoch's draws, in steps()' order
+    chunks = sampler.chunks(rng.permutation(len(groups)), rng)
+    batch_of = {i: b for b, batch in enumerate(sampler) for i in batch}
+    cut = [c for c in chunks if len({batch_of.get(i, -1) for i in c}) > 1]
+    assert len(chunks) > 150 and len(cut) <= 1  # whole chunks; at most one split, at the epoch's end
 
 
 def test_shared_micro_batches_keep_the_sampler_order():
