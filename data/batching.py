@@ -8,7 +8,9 @@ A batch is a dict:
     labels          (N,) long: one per example, row by row then example by example; -1 when unlabelled
     ids             N record ids, in the order of labels
     suffix_ids      (B, T) long, shared-prefix batches only: 0 on a shared prefix (and padding), j > 0 on the
-                    j-th suffix of the row; position_ids of a suffix continue from the end of its prefix
+                    j-th suffix of the row, -1 on the row's root (the tokens all its units begin with, e.g.
+                    <bos>: every token of the row sees them); position_ids of a suffix continue from the end of
+                    its prefix, those of a prefix from the end of the root
 A padded batch has one example per row; a packed batch concatenates examples into rows of at most
 `row_tokens` tokens. A shared-prefix batch computes once the tokens that examples of one group (Example.group:
 data.inputs.group_key) all begin with: a row holds units, each a prefix followed by the rest (the suffix) of
@@ -79,25 +81,46 @@ def bucketed(length: int) -> int:
     return -(-length // BUCKET) * BUCKET
 
 
+def root_length(row: list[Unit]) -> int:
+    """How many leading tokens all units of a shared-prefix row begin with (<bos>, a question's opening words, a
+    category path's first levels), leaving each unit's suffixes at least one token: the row computes them once."""
+    if len(row) < 2:
+        return 0
+    leads = [prefix or members[0].input_ids[:-1] for prefix, members in row]
+    n = min(map(len, leads))
+    for lead in leads[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(leads[0][:n], lead)) if a != b), n)
+    return n
+
+
+def row_width(row: list[Unit], root: int) -> int:
+    return sum(map(unit_tokens, row)) - root * (len(row) - 1)
+
+
 def collate_rows(rows: list[list[Unit]], pad_id: int, padding_side: str = "right", bucket: bool = False) -> dict:
     """One row of the batch per list of units, concatenated and padded to the longest row (rounded up to a
-    multiple of BUCKET tokens with `bucket`); suffix_ids only when some unit has a prefix."""
+    multiple of BUCKET tokens with `bucket`); suffix_ids only when some unit has a prefix. A row of such units
+    starts with its root (root_length), once: suffix id -1, seen by every token of the row."""
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-    width = max(sum(map(unit_tokens, row)) for row in rows)
-    width = bucketed(width) if bucket else width
     shared = any(prefix for row in rows for prefix, _ in row)
+    roots = [root_length(row) if shared else 0 for row in rows]
+    width = max(row_width(row, root) for row, root in zip(rows, roots))
+    width = bucketed(width) if bucket else width
     typed = rows[0][0][1][0].token_types is not None
     columns = {"input_ids": [], "attention_mask": [], "position_ids": []} | ({"suffix_ids": []} if shared else {}) \
         | ({"token_type_ids": []} if typed else {})
-    for row in rows:
+    for row, root in zip(rows, roots):
         values = {name: [] for name in columns}
         suffix = 0
         for k, (prefix, members) in enumerate(row, 1):
-            spans = [(prefix, 0, 0, members[0])]  # (tokens, suffix number or 0, first position, example)
+            start = len(prefix) or root  # a unit without a prefix: each example's tokens after the root
+            # (tokens, suffix number (0: the unit's prefix, -1: the row's root), first position, example)
+            spans = [(members[0].input_ids[:root], -1, 0, members[0])] if k == 1 and root else []
+            spans.append((prefix[root:], 0, root, members[0]))
             for e in members:
                 suffix += 1
-                spans.append((e.input_ids[len(prefix):], suffix, len(prefix), e))
+                spans.append((e.input_ids[start:], suffix, start, e))
             for ids, j, start, e in spans:
                 values["input_ids"] += ids
                 values["attention_mask"] += [k] * len(ids)
@@ -198,7 +221,7 @@ class BatchSampler:
 
     With `groups` (a group number per example: one shared prefix), batches are drawn from groups, not rows: each
     group's examples are shuffled and cut into chunks of at most `group_size`, the chunks are shuffled, and each
-    batch is filled with whole chunks (`fill`), so a batch holds a few examples of each of several prefixes and
+    batch is filled with whole chunks (`filled`), so a batch holds a few examples of each of several prefixes and
     computes each of them once (without shuffle, each group's examples are consecutive). Otherwise length
     grouping sorts the examples of each megabatch (`megabatch` steps of all ranks) by length, so a batch holds
     examples of similar length; without shuffle the whole epoch is sorted (evaluation). The
@@ -231,7 +254,7 @@ class BatchSampler:
         n, step = len(self.lengths), self.batch_size * self.world_size
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.groups is not None and n:
-            order = np.concatenate(fill(self.chunks(order, rng), self.batch_size)) if self.shuffle else \
+            order = np.concatenate(self.filled(self.chunks(order, rng), step)) if self.shuffle else \
                 np.argsort(self.groups, kind="stable")
         elif self.group_by_length and n:
             size = step * self.megabatch if self.shuffle else n
@@ -254,6 +277,18 @@ class BatchSampler:
             members.setdefault(self.groups[i], []).append(i)
         chunks = [c for m in members.values() for c in np.array_split(m, -(-len(m) // self.group_size))]
         return [chunks[j] for j in rng.permutation(len(chunks))]
+
+    def filled(self, chunks, step: int) -> list[np.ndarray]:
+        """The chunks filled into steps of `step` examples (`fill`), then each step's into its ranks' batches: a
+        step holds the same examples whatever the world size, and a rank's batch whole chunks where they fit."""
+        out, pieces, size = [], [], 0
+        for piece in fill(chunks, step):
+            pieces.append(piece)
+            size += len(piece)
+            if size == step:
+                out += fill(pieces, self.batch_size)
+                pieces, size = [], 0
+        return out + pieces
 
     def __iter__(self):
         for s in self.epoch_steps[self.start_step :]:

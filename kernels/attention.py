@@ -8,7 +8,8 @@ padding, k > 0 the k-th example of a row. A query attends causally to the keys o
 Shared-prefix rows (data.batching) add `suffix` ids (B, S): 0 on a shared prefix, j > 0 on the j-th suffix of
 the row, and their `positions` (B, S). Example k is then a prefix followed by several suffixes; a suffix token
 sees its prefix and its own suffix (causally), never another suffix, and the window counts distance in
-positions (a suffix continues its prefix's positions), so every suffix sees what it would alone.
+positions (a suffix continues its prefix's positions), so every suffix sees what it would alone. Suffix id -1
+marks a row's root, the tokens that all its examples begin with: every real token of the row sees it.
 
 `attention_mask` picks the cheapest exact form of that mask for `attention`:
 
@@ -75,10 +76,11 @@ def dense_mask(ids, window: int | None = None, num_queries: int | None = None, s
     keys = torch.arange(ids.shape[1], device=ids.device)
     queries = keys[ids.shape[1] - (num_queries or ids.shape[1]):]
     order = queries[:, None] - keys[None, :]
-    same_example = (ids[:, queries, None] == ids[:, None, :]) & (ids[:, None, :] > 0)
-    allowed = same_example & (order >= 0)
+    allowed = (ids[:, queries, None] == ids[:, None, :]) & (ids[:, None, :] > 0)
     if suffix is not None:
-        allowed &= (suffix[:, None, :] == 0) | (suffix[:, queries, None] == suffix[:, None, :])
+        allowed = allowed & ((suffix[:, None, :] == 0) | (suffix[:, queries, None] == suffix[:, None, :])) | \
+            ((suffix[:, None, :] < 0) & (ids[:, queries, None] > 0))
+    allowed &= order >= 0
     if window:
         distance = order if positions is None else positions[:, queries, None] - positions[:, None, :]
         allowed &= distance < window
@@ -89,9 +91,10 @@ def query_mask(ids, rows, cols, window: int | None = None, suffix=None, position
     """Boolean (N, 1, 1, S) mask of the N single queries at (rows, cols) of ids (B, S) over their own row's keys:
     the rows of dense_mask for those queries (their own example, causal, within the window)."""
     order = cols[:, None] - torch.arange(ids.shape[1], device=ids.device)
-    allowed = (ids[rows] == ids[rows, cols][:, None]) & (order >= 0)
+    allowed = ids[rows] == ids[rows, cols][:, None]
     if suffix is not None:
-        allowed &= (suffix[rows] == 0) | (suffix[rows] == suffix[rows, cols][:, None])
+        allowed = allowed & ((suffix[rows] == 0) | (suffix[rows] == suffix[rows, cols][:, None])) | (suffix[rows] < 0)
+    allowed &= order >= 0
     if window:
         distance = order if positions is None else positions[rows, cols][:, None] - positions[rows]
         allowed &= distance < window
@@ -107,13 +110,15 @@ def block_mask(ids, window: int | None = None, suffix=None, positions=None) -> B
     row = torch.arange(B, device=ids.device)[:, None]
     one_row = lambda x: F.pad(x.flatten(), (0, n - B * T))  # noqa: E731
     flat = one_row(torch.where(ids > 0, ids + row * (T + 1), 0))  # ids unique across rows
+    rows = one_row((row + 1).expand(B, T))
     sub = one_row(torch.zeros_like(ids) if suffix is None else suffix)
     pos = one_row(torch.arange(T, device=ids.device).expand(B, T) if positions is None else positions)
     reach = torch.tensor(window or n, device=ids.device)  # a tensor, not a constant: one kernel with or without
 
     def mask_mod(b, h, q, kv):  # no in-place ops: compiled FlexAttention lowers this function to pointwise code
-        allowed = (flat[q] == flat[kv]) & (flat[kv] > 0) & (q >= kv) & (pos[q] - pos[kv] < reach)
-        return (allowed & ((sub[kv] == 0) | (sub[kv] == sub[q]))) | (q == kv)
+        same = (flat[q] == flat[kv]) & ((sub[kv] == 0) | (sub[kv] == sub[q]))
+        root = (sub[kv] < 0) & (rows[q] == rows[kv]) & (flat[q] > 0)
+        return ((same | root) & (flat[kv] > 0) & (q >= kv) & (pos[q] - pos[kv] < reach)) | (q == kv)
 
     return create_block_mask(mask_mod, 1, None, n, n, device=ids.device)
 

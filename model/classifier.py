@@ -54,7 +54,7 @@ class SequenceClassifier(nn.Module):
         """One row of logits per example: per example id of attention_mask, or per suffix of shared-prefix rows."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        pooled = last_token_index(attention_mask if suffix_ids is None else suffix_ids)
+        pooled = last_token_index(attention_mask if suffix_ids is None else suffix_ids.clamp(min=0))  # not roots
         hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, pooled=pooled,
                             suffix_ids=suffix_ids)
         return self.score(hidden.to(self.score.weight.dtype))

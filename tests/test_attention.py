@@ -66,27 +66,30 @@ def test_dense_mask_matches_its_definition():
                         assert bool(mask[b, 0, i, kv]) == want, (b, q, kv, window)
 
 
-# Shared-prefix rows: example ids, suffix ids (0 = the shared prefix) and positions that continue the prefix.
+# Shared-prefix rows: example ids, suffix ids (0 = the shared prefix, -1 = the row's root, which every example of
+# the row begins with) and positions that continue the root, then the prefix.
 SHARED_ROWS = {
-    "ids": [[1] * 10 + [2] * 3, [1] * 4 + [2] * 6 + [0] * 3, [1] * 13],
-    "suffix": [[0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 0, 4, 4], [0, 0, 1, 1, 0, 0, 0, 2, 3, 3, 0, 0, 0], [0] * 4 + [1] * 9],
-    "positions": [[0, 1, 2, 3, 4, 3, 3, 4, 5, 6, 0, 1, 2], [0, 1, 2, 3, 0, 1, 2, 3, 3, 4, 0, 0, 0],
+    "ids": [[1] * 10 + [2] * 3, [1] * 6 + [2] * 3 + [3] * 2 + [0] * 2, [1] * 13],
+    "suffix": [[0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 0, 4, 4], [-1, -1, 0, 1, 1, 2, 0, 0, 3, 4, 4, 0, 0], [0] * 4 + [1] * 9],
+    "positions": [[0, 1, 2, 3, 4, 3, 3, 4, 5, 6, 0, 1, 2], [0, 1, 2, 3, 4, 3, 2, 3, 4, 2, 3, 0, 0],
                   list(range(13))],
 }
 
 
 def test_shared_prefix_mask_matches_its_definition():
-    """A suffix token sees its own prefix and its own suffix, causally, within the window counted in positions."""
+    """A suffix token sees its row's root, its own prefix and its own suffix, causally, within the window counted in
+    positions."""
     ids, sub, pos = (torch.tensor(SHARED_ROWS[k]) for k in ("ids", "suffix", "positions"))
     for window in (None, 3):
         mask = dense_mask(ids, window, None, sub, pos)
         for b in range(3):
             for q in range(T):
                 for kv in range(T):
-                    same = ids[b, q] == ids[b, kv] != 0 and kv <= q and sub[b, kv] in (0, sub[b, q])
+                    root = sub[b, kv] == -1 and ids[b, q] != 0
+                    same = (ids[b, q] == ids[b, kv] != 0 and sub[b, kv] in (0, sub[b, q]) or root) and kv <= q
                     want = same and pos[b, q] - pos[b, kv] < (window or T) or q == kv
                     assert bool(mask[b, 0, q, kv]) == want, (b, q, kv, window)
-        rows, cols = torch.tensor([0, 0, 1]), torch.tensor([4, 9, 9])
+        rows, cols = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([4, 9, 5, 8, 10])
         assert torch.equal(query_mask(ids, rows, cols, window, sub, pos)[:, 0, 0], mask[rows, 0, cols])
 
 

@@ -234,32 +234,38 @@ def test_bucketed_batches_pad_to_a_multiple_of_the_bucket():
     assert batch["input_ids"].shape == (3, 2 * BUCKET) and bucketed(17) == 32 and bucketed(16) == 16
 
 
-def grouped(sizes, prefix: int = 4, suffix: int = 3) -> list[Example]:
-    """Groups of `sizes` examples; those of a group begin with the same `prefix` tokens."""
+def grouped(sizes, prefix: int = 4, suffix: int = 3, lead: tuple = ()) -> list[Example]:
+    """Groups of `sizes` examples; those of a group begin with the same `prefix` tokens (after `lead`, which
+    every example begins with)."""
     out = []
     for g, n in enumerate(sizes):
-        head = [1000 + 10 * g + t for t in range(prefix)]
+        head = [*lead] + [1000 + 10 * g + t for t in range(prefix)]
         out += [Example(f"g{g}e{j}", head + [5000 + 100 * g + 10 * j + t for t in range(suffix + j % 2)], j % 2,
                         group=f"g{g}") for j in range(n)]
     return out
 
 
-def test_shared_rows_hold_each_prefix_once_and_every_example_whole():
-    data = grouped([3, 1, 2]) + [Example("x", [7, 8, 9], 1)]
+@pytest.mark.parametrize("lead", [(), (2, 3)])
+def test_shared_rows_hold_each_prefix_once_and_every_example_whole(lead):
+    """Each group's prefix once, and the tokens every example begins with (`lead`) once a row: its root."""
+    data = grouped([3, 1, 2], lead=lead) + [Example("x", [*lead, 7, 8, 9], 1)]
     batch = collate_shared(data, PAD)
     ids, mask, pos, sub = (batch[k] for k in ("input_ids", "attention_mask", "position_ids", "suffix_ids"))
-    assert batch["input_ids"].ne(PAD).sum() == (4 + 3 + 4 + 3) + (4 + 3) + (4 + 3 + 4) + 3  # each prefix once
+    units = [len(set(row[row > 0].tolist())) for row in mask]
+    own = (4 + 3 + 4 + 3) + (4 + 3) + (4 + 3 + 4) + 3 + len(lead) * 4  # each prefix once, with its lead
+    assert batch["input_ids"].ne(PAD).sum() == own - len(lead) * sum(n - 1 for n in units)  # the lead once a row
+    assert (sub == -1).sum() == len(lead) * sum(n > 1 for n in units) and max(units) > 1
     assert sorted(batch["ids"]) == sorted(e.id for e in data)
     by_id = {e.id: e for e in data}
     assert batch["labels"].tolist() == [by_id[i].label for i in batch["ids"]]
     rebuilt = []
     for r in range(len(ids)):
         for j in sub[r].unique().tolist():
-            if j == 0:
+            if j <= 0:
                 continue
             cols = (sub[r] == j).nonzero().flatten()
             unit = mask[r, cols[0]]
-            prefix = ((mask[r] == unit) & (sub[r] == 0)).nonzero().flatten()
+            prefix = ((sub[r] == -1) | (mask[r] == unit) & (sub[r] == 0)).nonzero().flatten()
             tokens = ids[r, torch.cat([prefix, cols])].tolist()
             assert cols.tolist() == list(range(int(cols[0]), int(cols[-1]) + 1))  # one contiguous run
             assert pos[r, torch.cat([prefix, cols])].tolist() == list(range(len(tokens)))  # positions continue
@@ -305,6 +311,14 @@ def test_group_sampler_batches_hold_whole_chunks():
     batch_of = {i: b for b, batch in enumerate(sampler) for i in batch}
     cut = [c for c in chunks if len({batch_of.get(i, -1) for i in c}) > 1]
     assert len(chunks) > 150 and len(cut) <= 1  # whole chunks; at most one split, at the epoch's end
+
+
+def test_group_sampler_steps_are_the_same_on_any_number_of_ranks():
+    sizes = np.random.default_rng(1).geometric(0.4, 80)
+    groups = [g for g, n in enumerate(sizes) for _ in range(n)]
+    one = BatchSampler([5] * len(groups), 8, seed=2, groups=groups, drop_last=True).steps()
+    two = BatchSampler([5] * len(groups), 4, seed=2, groups=groups, world_size=2, drop_last=True).steps()
+    assert [sorted(s.flatten().tolist()) for s in one] == [sorted(s.flatten().tolist()) for s in two]  # same updates
 
 
 def test_shared_micro_batches_keep_the_sampler_order():

@@ -6,7 +6,7 @@ from tokenizers import Tokenizer
 
 from data.records import Record
 from model import Decoder, ModelConfig
-from train.commands.benchmark import CONFIGS, MEGABATCH, batches, prepare, shared_examples, table
+from train.commands.benchmark import CONFIGS, MEGABATCH, batches, fastest_steps, prepare, shared_examples, table
 
 from fixtures import HF_CONFIG, make_checkpoint, make_encoder_checkpoint
 
@@ -95,3 +95,9 @@ def test_ratios_are_against_transformers_in_its_faster_precision():
             for line in table(results, 10**8, 10**7, args).splitlines()[3:] if "failed" not in line}
     # transformers' fastest: default order 2.5/s (bf16), best 5/s (grouped), inference 5/s; ours 10/s each
     assert rows == {("ours, padded", "bf16"): ["4.00x", "2.00x"], ("ours, inference", "float32"): ["2.00x", "2.00x"]}
+
+
+def test_each_step_counts_its_fastest_run():
+    first, second = {"examples": 4, "step_seconds": [1.0, 5.0, 2.0]}, {"examples": 4, "step_seconds": [3.0, 1.0, 2.5]}
+    best = fastest_steps(fastest_steps(None, first), second)
+    assert best["step_seconds"] == [1.0, 1.0, 2.0] and best["seconds"] == 4.0  # not the faster run's 7.0

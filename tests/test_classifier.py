@@ -94,28 +94,33 @@ def test_last_block_for_the_pooled_tokens_only_changes_no_number(pair, layout):
         torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def shared_examples() -> list[Example]:
+def shared_examples(lead: int = 0) -> list[Example]:
     """Groups of examples that begin alike (prefixes of 6, 3 and 2 tokens), alone or several in a unit, rows that
-    run past the tiny models' sliding window of 4, and two examples of no group."""
+    run past the tiny models' sliding window of 4, and two examples of no group; all begin with the same `lead`
+    tokens (a <bos>, a question's first words), which a row of several units computes once, as its root."""
     gen = torch.Generator().manual_seed(3)
     tokens = lambda n: torch.randint(1, 97, (n,), generator=gen).tolist()  # noqa: E731
+    first = tokens(lead)
     out = []
     for g, (prefix, suffixes) in enumerate(((6, (3, 1, 4)), (3, (2, 5)), (2, (1, 1)), (4, (3,)))):
-        shared = tokens(prefix)
+        shared = first + tokens(prefix)
         out += [Example(f"g{g}s{j}", shared + tokens(n), j % 2, group=f"g{g}") for j, n in enumerate(suffixes)]
-    return out + [Example("alone0", tokens(6), 1), Example("alone1", tokens(2), 0)]
+    return out + [Example("alone0", first + tokens(6), 1), Example("alone1", first + tokens(2), 0)]
 
 
-def test_shared_prefix_rows_give_every_example_its_own_logits_and_gradients(pair):
-    """A prefix computed once for the examples of its group: the logits and every LoRA and head gradient equal those
-    of the examples in padded rows (dropout 0), for several groups in one row and right padding."""
+@pytest.mark.parametrize("lead", [0, 3])
+def test_shared_prefix_rows_give_every_example_its_own_logits_and_gradients(pair, lead):
+    """A prefix computed once for the examples of its group (and a row's root once for its groups): the logits and
+    every LoRA and head gradient equal those of the examples in padded rows (dropout 0), for several groups in one
+    row and right padding."""
     model = copy.deepcopy(pair[1]).train()
     add_lora(model, r=4, alpha=8, dropout=0.0)
     randomize_trainable(model, seed=2)
-    data = shared_examples()
+    data = shared_examples(lead)
     shared, padded = collate_shared(data, pad_id=0), collate_padded(data, pad_id=0)
     assert "suffix_ids" in shared and shared["input_ids"].numel() < padded["input_ids"].numel()
     assert (shared["attention_mask"].max(1).values > 1).any() and (shared["attention_mask"] == 0).any()
+    assert bool((shared["suffix_ids"] == -1).any()) == bool(lead)
 
     def logits_and_grads(batch):
         model.zero_grad()

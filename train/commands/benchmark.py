@@ -32,7 +32,8 @@ under torch.inference_mode, once untimed (warm-up) and once timed, with the LoRA
 Each configuration runs in each precision: float32, and bf16 autocast (LoRA and head weights stay float32). On
 CUDA the base weights are bf16 and only bf16 runs; on a CPU without native bf16 matrix products (AVX512-BF16 or
 AMX) only float32 runs by default, as bf16 products crawl there (--precisions float32 bf16 times them anyway).
-Each run is its own process, so that peak memory is its own, `repeats` times round-robin; the fastest counts.
+Each run is its own process, so that peak memory is its own, `repeats` times round-robin; each step's fastest
+run counts (every run of a configuration does the same steps; other processes only ever slow one down).
 Ratios are against transformers + PEFT in its faster precision: "x default" against its random-order batches,
 "x best" against its fastest training configuration (for inference rows both are its inference).
 Real tokens/s counts the non-pad tokens computed; "shared" is the examples' own tokens over those computed
@@ -245,36 +246,45 @@ def run_one(config: Config, precision: str, directory: Path, args) -> dict:
     tensors = [{k: v.to(args.device) for k, v in b.items() if k != "ids"} for b in all_batches]
     loaded_peak = peak_memory(cuda)
     reset_peak_memory(cuda)
+    step_seconds = []
     if config.inference:
         timed = all_batches
         with torch.inference_mode(), torch.autocast(args.device, torch.bfloat16, enabled=bf16):
             for i, batch in enumerate(tensors + tensors):  # all once to warm up, then all timed
-                if i == len(tensors):
-                    start = now(cuda)
+                start = now(cuda)
                 forward(batch)
+                step_seconds.append(now(cuda) - start)
+        step_seconds = step_seconds[len(tensors):]
     else:
         timed = all_batches[args.warmup:]
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
-        for i, batch in enumerate(tensors):
-            if i == args.warmup:
-                start = now(cuda)
+        for batch in tensors:
+            start = now(cuda)
             with torch.autocast(args.device, torch.bfloat16, enabled=bf16):
                 logits = forward(batch)
             F.cross_entropy(logits.float(), batch["labels"]).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    seconds = now(cuda) - start
+            step_seconds.append(now(cuda) - start)
+        step_seconds = step_seconds[args.warmup:]
     shape = read_config(directory / "model")
     return {
-        "examples": sum(len(b["labels"]) for b in timed), "seconds": seconds,
+        "examples": sum(len(b["labels"]) for b in timed), "step_seconds": step_seconds,
         "tokens": sum(int((b["attention_mask"] > 0).sum()) for b in timed),
         "own_tokens": sum(own[i] for b in timed for i in b["ids"]),
         "slots": sum(b["input_ids"].numel() for b in timed),
         "peak_mib": max(loaded_peak, peak_memory(cuda)), "train_peak_mib": peak_memory(cuda),
         "peak_flops": peak_flops(args.device, bf16, shape.hidden_size, shape.intermediate_size),
     }
+
+
+def fastest_steps(best: dict | None, result: dict) -> dict:
+    """`result` with each step's time the fastest of its runs so far (`best`, None before the first): a step does
+    the same work in every run, and other processes only ever slow it down; `seconds` is their sum."""
+    steps = result["step_seconds"] if best is None else list(map(min, best["step_seconds"], result["step_seconds"]))
+    return {**result, "step_seconds": steps, "seconds": sum(steps)}
 
 
 def now(cuda: bool) -> float:
@@ -340,7 +350,7 @@ def table(results: dict, params: int, non_embedding: int, args) -> str:
     lines = [f"{args.model or args.model_shape}: {params / 1e6:.1f}M parameters ({non_embedding / 1e6:.1f}M without "
              f"embeddings), {device}, {'bf16 weights, ' if cuda else ''}training {args.batch_size} examples per "
              f"step, {args.steps} timed steps after {args.warmup}; inference in batches of "
-             f"{args.inference_batch_size}; fastest of {args.repeats} runs, torch {torch.__version__}",
+             f"{args.inference_batch_size}; each step the fastest of {args.repeats} runs, torch {torch.__version__}",
              f"memory in MiB: peak {'GPU memory allocated' if cuda else 'resident set (RSS)'} of the whole process "
              f"(loading included), and from the first step on ('steps')",
              f"{'configuration':<31} {'precision':<9} {'examples/s':>10} {'tokens/s':>9} {'padding':>7} {'shared':>6} "
@@ -371,8 +381,8 @@ def _main(argv) -> None:
     parser.add_argument("--model", type=Path, help="a Hugging Face checkpoint directory (real weights and its own "
                         "tokenizer) instead of a random one of --model-shape")
     parser.add_argument("--steps", type=integer(1), default=40, help="timed optimizer steps")
-    parser.add_argument("--repeats", type=integer(1), default=2, help="runs of each configuration, round-robin; the "
-                        "fastest counts (other processes on the machine only ever slow a run down)")
+    parser.add_argument("--repeats", type=integer(1), default=2, help="runs of each configuration, round-robin; "
+                        "each step's fastest counts (other processes on the machine only ever slow a step down)")
     parser.add_argument("--warmup", type=integer(0), default=4)
     parser.add_argument("--batch-size", type=integer(1), default=16, help="examples per training step")
     parser.add_argument("--inference-batch-size", type=integer(1), default=64, help="examples per inference batch")
@@ -414,9 +424,8 @@ def _main(argv) -> None:
                 print(f"{name} ({precision}): failed with exit status {out.returncode}", file=sys.stderr)
                 continue
             result = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{name} ({precision}): {result['seconds']:.1f} s", file=sys.stderr)
-            if (name, precision) not in results or result["seconds"] < results[(name, precision)]["seconds"]:
-                results[(name, precision)] = result
+            print(f"{name} ({precision}): {sum(result['step_seconds']):.1f} s", file=sys.stderr)
+            results[(name, precision)] = fastest_steps(results.get((name, precision)), result)
         print(table(results, params, non_embedding, args))
     if len(results) < len(runs):
         sys.exit(1)
