@@ -110,8 +110,8 @@ class EncoderClassifier(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.model(input_ids, attention_mask, position_ids, token_type_ids)
-        first = hidden[torch.arange(len(hidden), device=hidden.device), (attention_mask != 0).int().argmax(1)]
+        first = self.model(input_ids, attention_mask, position_ids, token_type_ids,
+                           first=(attention_mask != 0).int().argmax(1))
         if self.base == "bert":
             first = dropout(self.model.pooler(first), self.p, self.training)
         return self.classifier(first.to(torch.float32))

@@ -45,12 +45,15 @@ class SelfAttention(nn.Module):
         self.num_heads, self.head_dim, self.p = cfg.num_heads, cfg.head_dim, cfg.attention_dropout
         self.query, self.key, self.value = (nn.Linear(cfg.hidden_size, cfg.hidden_size) for _ in range(3))
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, first=None):
+        """x (B, T, hidden) -> (B, T, hidden); with `first` (B,) the output at each row's token first[b] alone,
+        (B, 1, hidden): keys and values come from every token, the query from that one."""
         B, T, _ = x.shape
-        q, k, v = (proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-                   for proj in (self.query, self.key, self.value))
+        heads = lambda t: t.view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        k, v = heads(self.key(x)), heads(self.value(x))
+        q = heads(self.query(x if first is None else x[torch.arange(B, device=x.device), first][:, None]))
         out = attention(q, k, v, mask, self.head_dim ** -0.5, causal=False, dropout=self.p if self.training else 0.0)
-        return out.transpose(1, 2).reshape(B, T, -1)
+        return out.transpose(1, 2).reshape(B, q.shape[2], -1)
 
 
 class DenseNorm(nn.Module):
@@ -77,8 +80,10 @@ class Layer(nn.Module):
         self.intermediate.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.output = DenseNorm(cfg, cfg.intermediate_size)
 
-    def forward(self, x, mask):
-        x = self.attention.output(self.attention.self(x, mask), x)
+    def forward(self, x, mask, first=None):
+        """With `first` (B,), the block's output at each row's token first[b] alone, (B, 1, hidden)."""
+        residual = x if first is None else x[torch.arange(len(x), device=x.device), first][:, None]
+        x = self.attention.output(self.attention.self(x, mask, first), residual)
         return self.output(F.gelu(self.intermediate.dense(x)), x)
 
 
@@ -104,7 +109,9 @@ def checkpoint_name(key: str, base: str, pooler: bool) -> str | None:
 
 
 class Encoder(nn.Module):
-    """Hidden states (B, T, hidden) after the last block; `pooler` (BERT) maps the first token's to (B, hidden)."""
+    """Hidden states (B, T, hidden) after the last block, or with `first` (B,) those of each row's token first[b]
+    alone, (B, hidden): the last block then computes its query, output, MLP and norms for that token only (the
+    classifier pools it), the same numbers less work. `pooler` (BERT) maps a pooled state to (B, hidden)."""
 
     def __init__(self, cfg: ModelConfig, pooler: bool = True):
         super().__init__()
@@ -119,7 +126,7 @@ class Encoder(nn.Module):
         """The blocks (what activation checkpointing, compile and FSDP wrap), as Decoder.layers."""
         return self.encoder.layer
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None, first=None):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         if (mask > 1).any():
             raise ValueError("attention_mask: packed rows (example ids > 1) are decoder-only; an encoder takes one "
@@ -128,6 +135,6 @@ class Encoder(nn.Module):
             position_ids = positions_from_mask(mask)
         x = self.embeddings(input_ids, position_ids, token_type_ids)
         keys = padding_mask(mask)
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x = layer(x, keys)
-        return x
+        return self.layers[-1](x, keys) if first is None else self.layers[-1](x, keys, first)[:, 0]

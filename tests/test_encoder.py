@@ -89,6 +89,36 @@ def test_lora_on_the_encoder_trains_adapters_and_head_only(pair):
     assert eval_loss() < 0.75 * before
 
 
+def test_last_block_for_the_pooled_token_alone_gives_the_full_blocks_gradients(pair):
+    """The classifier's last block computes the first token's query, output and MLP only: its logits and every
+    LoRA and head gradient equal those of the full last block, pooled afterwards (float32; dropout off)."""
+    hf, ours = pair
+    model = copy.deepcopy(ours).eval()
+    add_lora(model, r=4, alpha=8, targets=ENCODER_TARGETS)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(len(name)))
+    ids, mask = padded_batch("left", pad=hf.config.pad_token_id)
+    labels = torch.tensor([1, 0, 1])
+
+    def full(ids, mask):  # every block in full, then the first real token of each row
+        hidden = model.model(ids, mask)[torch.arange(len(ids)), (mask != 0).int().argmax(1)]
+        first = model.model.pooler(hidden) if model.base == "bert" else hidden
+        return model.classifier(first)
+
+    results = []
+    for forward in (model, full):
+        model.zero_grad()
+        logits = forward(ids, mask)
+        classification_loss(logits, labels).backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert any(n.endswith("lora_A") for n in got_grads) and got_grads.keys() == want_grads.keys()
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_missing_tensor_and_missing_pooler(tmp_path, caplog):
     """A missing encoder tensor is an error naming it; a BERT checkpoint without a pooler loads with a random
     one (as transformers does), and says so."""
