@@ -7,8 +7,8 @@ Rows are described by `attention_mask` (B, T) of ints: 0 is padding and k > 0 ma
 An ordinary padded batch has 1 on every real token; a packed row (several examples back to back) reads
 1,1,1,2,2,3,3,0,0. A token attends causally to the tokens of its own example only, so packing needs nothing else.
 Shared-prefix rows add `suffix_ids` (0 on an example's shared prefix, j > 0 on the row's j-th suffix, -1 on the
-row's root) with their
-`position_ids`: each suffix sees its prefix and itself, at the positions it would have alone (kernels.attention).
+row's root) with their `position_ids`: each suffix sees the root, its prefix and itself, at the positions it would
+have alone (kernels.attention).
 """
 import math
 
