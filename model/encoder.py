@@ -45,13 +45,13 @@ class SelfAttention(nn.Module):
         self.num_heads, self.head_dim, self.p = cfg.num_heads, cfg.head_dim, cfg.attention_dropout
         self.query, self.key, self.value = (nn.Linear(cfg.hidden_size, cfg.hidden_size) for _ in range(3))
 
-    def forward(self, x, mask, first=None):
-        """x (B, T, hidden) -> (B, T, hidden); with `first` (B,) the output at each row's token first[b] alone,
-        (B, 1, hidden): keys and values come from every token, the query from that one."""
-        B, T, _ = x.shape
+    def forward(self, x, mask, queries=None):
+        """x (B, T, hidden) -> (B, T, hidden); with `queries` (B, Q, hidden), some of x's tokens, their outputs
+        alone, (B, Q, hidden): keys and values come from every token, queries from those."""
+        B = len(x)
         heads = lambda t: t.view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
         k, v = heads(self.key(x)), heads(self.value(x))
-        q = heads(self.query(x if first is None else x[torch.arange(B, device=x.device), first][:, None]))
+        q = heads(self.query(x if queries is None else queries))
         out = attention(q, k, v, mask, self.head_dim ** -0.5, causal=False, dropout=self.p if self.training else 0.0)
         return out.transpose(1, 2).reshape(B, q.shape[2], -1)
 
@@ -82,8 +82,8 @@ class Layer(nn.Module):
 
     def forward(self, x, mask, first=None):
         """With `first` (B,), the block's output at each row's token first[b] alone, (B, 1, hidden)."""
-        residual = x if first is None else x[torch.arange(len(x), device=x.device), first][:, None]
-        x = self.attention.output(self.attention.self(x, mask, first), residual)
+        queries = None if first is None else x[torch.arange(len(x), device=x.device), first][:, None]
+        x = self.attention.output(self.attention.self(x, mask, queries), x if first is None else queries)
         return self.output(F.gelu(self.intermediate.dense(x)), x)
 
 
