@@ -124,6 +124,26 @@ def merge_for_inference(module: nn.Module) -> int:
     return len(layers)
 
 
+def store_frozen(module: nn.Module, dtype: torch.dtype) -> dict[str, tuple]:
+    """Store every LoRA layer's frozen base weight and bias in `dtype`, the dtype autocast computes in; returns
+    what they were, for restore_frozen. Autocast casts a frozen weight at every product of every step (it caches
+    only weights that require grad); stored cast, the products read it as it is, with the same numbers, as a
+    cast rounds the same way once as every time. Merge first: merge_for_inference sums in float32."""
+    before = {}
+    for name, layer in lora_layers(module).items():
+        before[name] = (layer.base.weight.data, None if layer.base.bias is None else layer.base.bias.data)
+        layer.base.to(dtype)
+    return before
+
+
+def restore_frozen(module: nn.Module, before: dict[str, tuple]) -> None:
+    """Put back the base weights and biases store_frozen replaced."""
+    for name, layer in lora_layers(module).items():
+        layer.base.weight.data, bias = before[name]
+        if bias is not None:
+            layer.base.bias.data = bias
+
+
 def merged_tensors(module: nn.Module):
     """(name, tensor) of module.state_dict() with every LoRALinear folded into plain Linear names (`x.weight`,
     `x.bias`). Lazy, one merged weight at a time; does not modify the module (other tensors are shared)."""

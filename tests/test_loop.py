@@ -169,6 +169,25 @@ def test_compiled_blocks_train_to_the_same_weights(tmp_path, monkeypatch):
     assert_same_updates(eager.run_dir, compiled.run_dir)
 
 
+def test_a_bf16_run_stores_its_frozen_weights_in_bf16_with_autocasts_own_updates_and_predictions(tmp_path,
+                                                                                                monkeypatch):
+    """train.bf16 with float32 weights: training and prediction store the frozen projections in bf16 once; the
+    updates and probabilities are those of autocast casting them at every product, bit for bit."""
+    stored = tiny_config(tmp_path, "stored", max_steps=3, bf16=True)
+    cast = tiny_config(tmp_path, "cast", max_steps=3, bf16=True)
+    train(stored)
+    records = read_data_files(stored, "valid")
+    want = predict_fold(stored, records, 4, "cpu")
+    seen = []
+    for module in ("train.loop", "train.predict"):
+        monkeypatch.setattr(f"{module}.store_frozen", lambda model, dtype: seen.append(dtype))
+    train(cast)
+    weights = final_weights(cast.run_dir)
+    assert all(torch.equal(weights[k], v) for k, v in final_weights(stored.run_dir).items())
+    assert predict_fold(cast, records, 4, "cpu") == want
+    assert seen == [torch.bfloat16] * 2  # both would have stored them
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = []
 
@@ -402,11 +421,15 @@ def test_shared_prefix_training_with_a_token_budget_resumes_exactly(tmp_path):
 
 def test_precision_timings_time_both_precisions_and_leave_no_gradient(tmp_path):
     cfg = tiny_config(tmp_path)
+    cfg.model.dtype = "float32"
     classifier = run_classifier(cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
     data = load_data(cfg, classifier.model.config.model_type)
     float32, bf16 = precision_timings(classifier, collate_padded(data.train[:4], data.pad_id), ONE, repeats=1)
     assert float32 > 0 and bf16 > 0
     assert all(p.grad is None for p in classifier.parameters())
+    after = classifier.state_dict()  # the bf16 timing's bf16 weights are gone again
+    assert all(after[k].dtype == v.dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
 
 
 @pytest.mark.parametrize("share", [False, True])

@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from model.lora import DEFAULT_TARGETS, LoRALinear, add_lora, merge_for_inference, merged_tensors
+from model.lora import (
+    DEFAULT_TARGETS,
+    LoRALinear,
+    add_lora,
+    merge_for_inference,
+    merged_tensors,
+    restore_frozen,
+    store_frozen,
+)
 
 from fixtures import randomize_trainable
 
@@ -156,3 +164,37 @@ def test_bf16_base_keeps_float32_adapters():
     torch.testing.assert_close(y.float(), want, atol=0.05, rtol=0.02)
     y.float().sum().backward()
     assert layer.lora_A.grad.dtype == torch.float32 and layer.base.weight.grad is None
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_frozen_weights_stored_in_bf16_give_autocasts_own_numbers(merged):
+    """Under bf16 autocast, base weights (and biases) stored in bf16 give the outputs and LoRA gradients that
+    float32 ones cast at every product give, bit for bit, merged (inference) or not; restore_frozen puts the
+    float32 tensors back."""
+    torch.manual_seed(0)
+    block = Block(16)
+    add_lora(block, r=4, alpha=8)
+    randomize_trainable(block)
+    if merged:
+        merge_for_inference(block)
+    x = torch.randn(2, 5, 16)
+
+    def run():
+        with torch.autocast("cpu", torch.bfloat16):
+            out = block(x)
+        if merged:  # inference: nothing to train
+            return out, []
+        out.float().square().sum().backward()
+        grads = [p.grad.clone() for p in block.parameters() if p.requires_grad]
+        block.zero_grad(set_to_none=True)
+        return out, grads
+
+    want, want_grads = run()
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    stored = store_frozen(block, torch.bfloat16)
+    q = block.self_attn["q_proj"].base
+    assert q.weight.dtype == q.bias.dtype == torch.bfloat16 and block.norm.weight.dtype == torch.float32
+    got, got_grads = run()
+    assert torch.equal(got, want) and all(map(torch.equal, got_grads, want_grads))
+    restore_frozen(block, stored)
+    assert all(v.dtype == before[k].dtype and torch.equal(v, before[k]) for k, v in block.state_dict().items())

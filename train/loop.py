@@ -31,7 +31,7 @@ from model.adapters import WEIGHTS, build_classifier, trainable_state
 from model.classifier import batch_logits, classification_loss, lm_head_rows
 from model.config import ModelConfig
 from model.loading import CheckpointError, file_hash, load_tokenizer, mapped_tensors, read_config, resolve
-from model.lora import LoRATargetError
+from model.lora import LoRATargetError, restore_frozen, store_frozen
 from train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, resume_point, save_best, save_checkpoint
 from train.config import DTYPES, ConfigError, RunConfig, check_fold, save_config
 from train.distributed import (
@@ -216,17 +216,20 @@ def batch_layout(cfg: RunConfig, pad_id: int):
 
 
 def precision_timings(model, batch: dict, d: Dist, repeats: int = 3) -> tuple[float, float]:
-    """Seconds of a forward and backward of `batch` in float32 and in bf16 autocast, the fastest of `repeats`
-    after a warm-up each, summed over ranks (every rank makes the same choice); logged on rank 0. Leaves no
-    gradient behind."""
+    """Seconds of a forward and backward of `batch` in float32 and in bf16 autocast (frozen weights stored in bf16,
+    as a bf16 run stores them), the fastest of `repeats` after a warm-up each, summed over ranks (every rank makes
+    the same choice); logged on rank 0. Leaves the weights and no gradient behind."""
     seconds = []
     for bf16 in (False, True):
+        stored = store_frozen(model, torch.bfloat16) if bf16 else None
         runs = []
         for _ in range(repeats + 1):
             began = time.perf_counter()
             batch_logits(model, batch, d.device, bf16).sum().backward()
             runs.append(time.perf_counter() - began)
         seconds.append(min(runs[1:]))
+        if stored:
+            restore_frozen(model, stored)
     model.zero_grad(set_to_none=True)
     float32, bf16 = all_reduce_sum(torch.tensor(seconds, device=d.device), d).tolist()
     if d.main:
@@ -396,6 +399,8 @@ def _train(cfg: RunConfig, d: Dist) -> RunResult:
     timings = (lambda: precision_timings(classifier, collate(train_set[:t.batch_size]), d)) if train_set else None
     cfg = replace(cfg, train=replace(cfg.train, bf16=use_bf16(cfg.train.bf16, d.device, timings)))
     t = cfg.train
+    if t.bf16 and d.world_size == 1:  # (FSDP all-gathers its bf16 copies itself)
+        store_frozen(classifier, torch.bfloat16)
     model = prepare_model(classifier, d, t.bf16, t.activation_checkpointing, t.compile)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,

@@ -26,7 +26,7 @@ from data.records import TARGET_FIELD, DataError, Record, read_rows
 from model.adapters import META, WEIGHTS, build_classifier
 from model.classifier import batch_logits
 from model.loading import CheckpointError, file_hash, load_tokenizer, read_json, resolve
-from model.lora import merge_for_inference
+from model.lora import merge_for_inference, store_frozen
 from train.config import DTYPES, ConfigError, RunConfig
 from train.distributed import use_bf16
 from train.loop import encode_examples
@@ -91,10 +91,12 @@ def open_fold(run: RunConfig, device) -> tuple[RunConfig, Path, dict, Path]:
 
 def fold_model(run: RunConfig, best_dir: Path, info: dict, base: Path, device):
     """The fold's classifier in eval mode, a float32 base model with the LoRA update folded into its weights
-    (model.lora.merge_for_inference); its tokenizer and family."""
+    (model.lora.merge_for_inference), then stored in bf16 for a bf16 run; its tokenizer and family."""
     classifier = build_classifier(base, info["r"], info["alpha"], 0.0, info["targets"], DTYPES[run.model.dtype],
                                   device, info["num_labels"], adapters=best_dir).eval()
     merge_for_inference(classifier)
+    if run.train.bf16:
+        store_frozen(classifier, torch.bfloat16)
     return classifier, load_tokenizer(base), model_family(classifier.model.config.model_type)
 
 

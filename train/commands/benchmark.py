@@ -29,8 +29,9 @@ under torch.inference_mode, once untimed (warm-up) and once timed, with the LoRA
     ours, inference, shared            the same over whole groups of the sample (random paths, all their rows,
                                        as a test file holds them: as many examples), grouped as predict groups
 
-Each configuration runs in each precision: float32, and bf16 autocast (LoRA and head weights stay float32). On
-CUDA the base weights are bf16 and only bf16 runs; on a CPU without native bf16 matrix products (AVX512-BF16 or
+Each configuration runs in each precision: float32, and bf16 autocast (LoRA and head weights stay float32, the
+frozen projection weights are stored in bf16 on both sides, as autocast would cast them). On CUDA the base weights
+are bf16 and only bf16 runs; on a CPU without native bf16 matrix products (AVX512-BF16 or
 AMX) only float32 runs by default, as bf16 products crawl there (--precisions float32 bf16 times them anyway).
 Each run is its own process, so that peak memory is its own, `repeats` times round-robin; each step's fastest
 run counts (every run of a configuration does the same steps; other processes only ever slow one down).
@@ -196,20 +197,24 @@ def batches(config: Config, data: list, pad: int, args, shared: dict | None = No
     return [collate_padded([rows[i] for i in s], pad) for s in steps]
 
 
-def build(config: Config, directory: Path, device: str):
-    """(model, forward(batch) -> logits) for a configuration, in train mode for training, eval for inference."""
+def build(config: Config, directory: Path, device: str, bf16: bool):
+    """(model, forward(batch) -> logits) for a configuration, in train mode for training, eval for inference; for
+    bf16 the frozen projection weights stored in bf16 on both sides (after merging), as training and prediction
+    store them (model.lora.store_frozen)."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     inference = config.inference
     targets = ENCODER_TARGETS if read_config(directory / "model").encoder else DEFAULT_TARGETS
     inputs = ("input_ids", "attention_mask", "position_ids", "suffix_ids", "token_type_ids")
     if config.side == "ours":
         from model.adapters import build_classifier
-        from model.lora import merge_for_inference
+        from model.lora import merge_for_inference, store_frozen
 
         model = build_classifier(directory / "model", LORA["r"], LORA["alpha"], 0.0 if inference else LORA["dropout"],
                                  targets, dtype, device)
         if inference:
             merge_for_inference(model)
+        if bf16:
+            store_frozen(model, torch.bfloat16)
         if config.compiled:
             for block in model.model.layers:
                 block.compile()
@@ -227,6 +232,9 @@ def build(config: Config, directory: Path, device: str):
     model = peft.get_peft_model(model, config)
     if inference:
         model = model.merge_and_unload()
+    for name, module in model.named_modules() if bf16 else ():  # the projections' frozen (or merged) weights
+        if name.rpartition(".")[2] in (*targets, "base_layer") and isinstance(module, torch.nn.Linear):
+            module.to(torch.bfloat16)
     return model.train(not inference), lambda b: model(input_ids=b["input_ids"],
                                                        attention_mask=b["attention_mask"].clamp(max=1),
                                                        **{k: b[k] for k in ("token_type_ids",) if k in b}).logits
@@ -241,8 +249,8 @@ def run_one(config: Config, precision: str, directory: Path, args) -> dict:
     all_batches = batches(config, spec["examples"], spec["pad"], args, spec)
     own = {e[0]: len(e[1]) for e in spec["examples"] + spec["shared_inference"]} | \
         {e[0]: len(e[1]) for batch in spec["shared_train"] for e in batch}
-    model, forward = build(config, directory, args.device)
     cuda, bf16 = args.device == "cuda", precision == "bf16"
+    model, forward = build(config, directory, args.device, bf16)
     tensors = [{k: v.to(args.device) for k, v in b.items() if k != "ids"} for b in all_batches]
     loaded_peak = peak_memory(cuda)
     reset_peak_memory(cuda)
