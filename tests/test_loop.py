@@ -421,7 +421,6 @@ def test_shared_prefix_training_with_a_token_budget_resumes_exactly(tmp_path):
 
 def test_precision_timings_time_both_precisions_and_leave_no_gradient(tmp_path):
     cfg = tiny_config(tmp_path)
-    cfg.model.dtype = "float32"
     classifier = run_classifier(cfg, torch.device("cpu"))
     before = {k: v.clone() for k, v in classifier.state_dict().items()}
     data = load_data(cfg, classifier.model.config.model_type)
